@@ -1,0 +1,145 @@
+"""Reference personal cloud (a data recipient).
+
+Implements the recipient import contract (``examples/contracts/recipient-import.openapi.json``)::
+
+    PUT /transfers/{transfer_id}/batches/{n}   Idempotency-Key: {transfer_id}:{n}
+        {"dataset": str, "records": [...]}  -> 201 stored | 200 duplicate (stored once)
+    PUT /transfers/{transfer_id}/manifest
+        {"dataset": str, "records": int, "sha256": hex} -> 200 {"match": true, ...} | 409 {"match": false, ...}
+
+Records are kept in SQLite (``CLOUD_DB``), deduplicated by idempotency key. The broker
+authenticates with a bearer token (``CLOUD_BROKER_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, Path as PathParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.canonical import RecordDigest
+from shared.settings import DEV_RECIPIENT_TOKEN
+
+PROBLEM = "application/problem+json"
+MAX_BATCH = 10_000
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail}, status_code=status,
+                        media_type=PROBLEM, headers=headers)
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, max_length=128)
+    records: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+
+
+class BatchAck(BaseModel):
+    status: str  # "stored" | "duplicate"
+    records: int
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    dataset: str = Field(min_length=1, max_length=128)
+    records: int = Field(ge=0)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+class ManifestAck(BaseModel):
+    match: bool
+    records: int
+    sha256: str
+
+
+class Db:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.lock = threading.Lock()
+        self.conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS batches (idempotency_key TEXT PRIMARY KEY, transfer_id TEXT NOT NULL, n INTEGER NOT NULL,
+                dataset TEXT NOT NULL, count INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS records (transfer_id TEXT NOT NULL, n INTEGER NOT NULL, position INTEGER NOT NULL,
+                dataset TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (transfer_id, n, position));
+            CREATE TABLE IF NOT EXISTS manifests (transfer_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, records INTEGER NOT NULL,
+                sha256 TEXT NOT NULL, match INTEGER NOT NULL);
+            """
+        )
+
+
+def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI:
+    db = Db(db_path or Path(os.environ.get("CLOUD_DB", "var/cloud.db")))
+    expected = token or os.environ.get("CLOUD_BROKER_TOKEN", DEV_RECIPIENT_TOKEN)
+    app = FastAPI(title="Reference personal cloud", version="0.1.0", description="Implements the broker's recipient import contract.")
+    app.state.db = db
+
+    def authorised(authorization: str | None) -> bool:
+        return authorization == f"Bearer {expected}"
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.put("/transfers/{transfer_id}/batches/{n}", response_model=BatchAck, status_code=201,
+             responses={200: {"model": BatchAck, "description": "duplicate: already stored"}, 400: {"description": "bad key"},
+                        401: {"description": "no or wrong token"}})
+    def put_batch(body: Batch, transfer_id: str = PathParam(max_length=64), n: int = PathParam(ge=1),
+                  authorization: str | None = Header(default=None), idempotency_key: str | None = Header(default=None)) -> Any:
+        """Store a batch once; a repeated ``Idempotency-Key`` is acknowledged without storing twice."""
+        if not authorised(authorization):
+            return problem(401, "Unauthorized", "the broker's bearer token is required")
+        if idempotency_key != f"{transfer_id}:{n}":
+            return problem(400, "Bad Idempotency-Key", f"Idempotency-Key must be {transfer_id}:{n}")
+        with db.lock:
+            conn = db.conn
+            if conn.execute("SELECT 1 FROM batches WHERE idempotency_key = ?", (idempotency_key,)).fetchone():
+                return JSONResponse({"status": "duplicate", "records": len(body.records)}, status_code=200)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (idempotency_key, transfer_id, n, body.dataset, len(body.records)))
+                conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+                                 [(transfer_id, n, i, body.dataset, json.dumps(r, ensure_ascii=False)) for i, r in enumerate(body.records)])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return {"status": "stored", "records": len(body.records)}
+
+    def stored(transfer_id: str) -> list[dict[str, Any]]:
+        with db.lock:
+            rows = db.conn.execute("SELECT record FROM records WHERE transfer_id = ? ORDER BY n, position", (transfer_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    @app.put("/transfers/{transfer_id}/manifest", response_model=ManifestAck,
+             responses={409: {"model": ManifestAck, "description": "what the cloud holds differs"}, 401: {"description": "no or wrong token"}})
+    def put_manifest(body: Manifest, transfer_id: str = PathParam(max_length=64), authorization: str | None = Header(default=None)) -> Any:
+        """Confirm (200, match true) or deny (409, match false) that the cloud holds exactly these records."""
+        if not authorised(authorization):
+            return problem(401, "Unauthorized", "the broker's bearer token is required")
+        d = RecordDigest()
+        d.update(stored(transfer_id))
+        match = d.count == body.records and d.hexdigest() == body.sha256
+        with db.lock:
+            db.conn.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", (transfer_id, body.dataset, body.records, body.sha256, int(match)))
+        return JSONResponse({"match": match, "records": d.count, "sha256": d.hexdigest()}, status_code=200 if match else 409)
+
+    @app.get("/transfers/{transfer_id}/records", tags=["owner"])
+    def get_records(transfer_id: str, authorization: str | None = Header(default=None)) -> Any:
+        """What the cloud holds for a transfer, in order (the owner's view)."""
+        if not authorised(authorization):
+            return problem(401, "Unauthorized", "a bearer token is required")
+        return {"records": stored(transfer_id)}
+
+    return app

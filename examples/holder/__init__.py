@@ -1,0 +1,1 @@
+"""Reference data holder: serves real-format Enedis v5 files through the holder export contract."""

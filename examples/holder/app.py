@@ -1,0 +1,173 @@
+"""Reference data holder (an electricity distributor in the Enedis Data Connect v5 format).
+
+Implements the holder export contract (``examples/contracts/holder-export.openapi.json``)::
+
+    GET /datasets/{dataset}/records?cursor=&limit=     Authorization: Bearer <token of the customer>
+    -> 200 {"records": [...], "next_cursor": "..."}    (no next_cursor: last page)
+
+Cursors are opaque and stable: the same cursor always returns the same page.
+Data: the files named by ``HOLDER_FILES`` (separated by ``os.pathsep``), or a generated sample.
+Each file belongs to the customer of its meter (``usage_point_id``).
+
+Until the holder gets its OAuth 2.0 authorization server, ``POST /dev/tokens`` issues the
+bearer token of one customer for some datasets (development only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.catalogue import parse_file
+from shared.catalogue import enedis_v5
+
+PROBLEM = "application/problem+json"
+MAX_LIMIT = 1000
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail}, status_code=status,
+                        media_type=PROBLEM, headers=headers)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(min_length=1, max_length=64)
+    datasets: list[str] = Field(min_length=1, max_length=20)
+    expires_in: int = Field(default=3600, ge=1, le=86400 * 366)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+class RecordsPage(BaseModel):
+    """One page of records; ``next_cursor`` is absent on the last page."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None = None
+
+
+def write_sample(directory: Path) -> list[Path]:
+    """Write the generated sample (one meter: a year of daily values and a week of load curve)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, doc in (("sample_daily_consumption.json", enedis_v5.sample_daily()), ("sample_load_curve.json", enedis_v5.sample_load_curve())):
+        p = directory / name
+        p.write_text(json.dumps(doc, indent=1), "utf-8")
+        out.append(p)
+    return out
+
+
+class Store:
+    """Customers' records by (customer id, dataset id), and issued tokens."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.data: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for f in files:
+            parsed = parse_file(f)
+            self.data.setdefault((parsed.subject_key, parsed.dataset_id), []).extend(parsed.records)
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.export_requests = 0
+        self.lock = threading.Lock()
+
+    def customers(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (customer, dataset), recs in self.data.items():
+            out.setdefault(customer, {})[dataset] = len(recs)
+        return out
+
+
+def _encode_cursor(customer: str, dataset: str, offset: int) -> str:
+    raw = json.dumps({"c": customer, "d": dataset, "o": offset}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    pad = "=" * (-len(cursor) % 4)
+    value = json.loads(base64.urlsafe_b64decode((cursor + pad).encode()))
+    if not isinstance(value, dict) or not isinstance(value.get("o"), int) or value["o"] < 0:
+        raise ValueError("bad cursor")
+    return value
+
+
+def create_app(files: list[Path] | None = None) -> FastAPI:
+    if files is None:
+        env = os.environ.get("HOLDER_FILES", "")
+        files = [Path(p) for p in env.split(os.pathsep) if p] or write_sample(Path(os.environ.get("HOLDER_SAMPLE_DIR", "var/holder-sample")))
+    store = Store(files)
+    app = FastAPI(title="Reference data holder (Enedis v5 format)", version="0.1.0",
+                  description="Implements the broker's holder export contract.")
+    app.state.store = store
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/datasets/{dataset}/records", response_model=RecordsPage, response_model_exclude_none=True,
+             responses={401: {"description": "no or unknown token"}, 403: {"description": "token does not cover this dataset"},
+                        400: {"description": "bad cursor"}})
+    def records(dataset: str, authorization: str | None = Header(default=None), cursor: str | None = Query(None, max_length=2048),
+                limit: int = Query(100, ge=1, le=MAX_LIMIT)) -> Any:
+        """A page of the token's customer's records of ``dataset``."""
+        with store.lock:
+            store.export_requests += 1
+        if not authorization or not authorization.startswith("Bearer "):
+            return problem(401, "Unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        grant = store.tokens.get(authorization[7:])
+        if grant is None or grant["expires_at"] < time.time():
+            return problem(401, "Unauthorized", "unknown or expired token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if dataset not in grant["datasets"]:
+            return problem(403, "Forbidden", f"the token does not cover dataset {dataset}")
+        offset = 0
+        if cursor:
+            try:
+                c = _decode_cursor(cursor)
+            except (ValueError, TypeError, UnicodeDecodeError):
+                return problem(400, "Bad cursor", "the cursor is not one this holder issued")
+            if c.get("c") != grant["customer_id"] or c.get("d") != dataset:
+                return problem(400, "Bad cursor", "the cursor belongs to another query")
+            offset = c["o"]
+        recs = store.data.get((grant["customer_id"], dataset), [])
+        page = recs[offset: offset + limit]
+        body: dict[str, Any] = {"records": page}
+        if offset + limit < len(recs):
+            body["next_cursor"] = _encode_cursor(grant["customer_id"], dataset, offset + limit)
+        return body
+
+    @app.post("/dev/tokens", response_model=TokenResponse, tags=["development"])
+    def issue_token(body: TokenRequest) -> Any:
+        """Development stand-in for the holder's OAuth server: a bearer token of ``customer_id`` for ``datasets``."""
+        if body.customer_id not in store.customers():
+            return problem(404, "Not found", f"no customer {body.customer_id}")
+        token = secrets.token_urlsafe(32)
+        store.tokens[token] = {"customer_id": body.customer_id, "datasets": list(body.datasets), "expires_at": time.time() + body.expires_in}
+        return {"access_token": token, "token_type": "Bearer", "expires_in": body.expires_in}
+
+    @app.get("/dev/customers", tags=["development"])
+    def customers() -> dict[str, Any]:
+        """Customers (meter ids) and their record counts by dataset."""
+        return {"customers": store.customers()}
+
+    @app.get("/dev/records/{customer_id}/{dataset}", tags=["development"])
+    def all_records(customer_id: str, dataset: str) -> dict[str, Any]:
+        """Every record the holder would serve for this customer and dataset (for checks)."""
+        return {"records": store.data.get((customer_id, dataset), [])}
+
+    @app.get("/dev/stats", tags=["development"])
+    def stats(request: Request) -> dict[str, int]:
+        return {"export_requests": store.export_requests}
+
+    return app

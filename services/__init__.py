@@ -1,0 +1,1 @@
+"""The broker's three services: registry, consent and transfer. They talk only over NATS."""

@@ -1,0 +1,1 @@
+"""Consent service: consent lifecycle, holder tokens, ``consent.check`` and ``consent.token.get``."""

@@ -1,0 +1,200 @@
+"""Use cases of the consent service (keyword-only; shared by HTTP routes and NATS handlers)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from shared import subjects
+from shared.crypto import SecretBox
+from shared.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from shared.outbox import add_event
+from shared.runtime import Runtime
+
+from . import models
+from .domain import check_transition
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _consent(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "data_subject": row.data_subject,
+        "holder_id": row.holder_id,
+        "recipient_id": row.recipient_id,
+        "datasets": list(row.datasets),
+        "purpose": row.purpose,
+        "one_off": bool(row.one_off),
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "expires_at": _aware(row.expires_at).isoformat(),
+        "created_at": _aware(row.created_at).isoformat(),
+        "updated_at": _aware(row.updated_at).isoformat(),
+    }
+
+
+def _event_data(consent: dict[str, Any]) -> dict[str, Any]:
+    """What a consent event says: the consent without anything secret."""
+    return {"consent": consent}
+
+
+async def _check_participant(rt: Runtime, participant_id: str, role: str) -> dict[str, Any]:
+    bus = rt.require_bus()
+    try:
+        p = await bus.request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": participant_id})
+    except NotFound:
+        raise Unprocessable(f"unknown {role} {participant_id!r}", field=f"{role}_id") from None
+    if role not in p["roles"]:
+        raise Unprocessable(f"participant {participant_id!r} is not a data {role}", field=f"{role}_id")
+    if p["status"] != "active":
+        raise Unprocessable(f"{role} {participant_id!r} is {p['status']}", field=f"{role}_id")
+    return p
+
+
+async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a consent in state ``requested`` after checking both participants and the datasets
+    with the registry over NATS. Raises Unprocessable (422) for unknown or unfit participants or
+    datasets, Unavailable if the registry does not answer. Nothing is stored on error.
+    """
+    holder = await _check_participant(rt, body["holder_id"], "holder")
+    recipient = await _check_participant(rt, body["recipient_id"], "recipient")
+    bus = rt.require_bus()
+    datasets = list(dict.fromkeys(body["datasets"]))
+    for ds in datasets:
+        try:
+            await bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": ds})
+        except NotFound:
+            raise Unprocessable(f"unknown dataset {ds!r}", field="datasets") from None
+        if ds not in holder["datasets_offered"]:
+            raise Unprocessable(f"holder {holder['id']!r} does not offer dataset {ds!r}", field="datasets")
+        if ds not in recipient["datasets_accepted"]:
+            raise Unprocessable(f"recipient {recipient['id']!r} does not accept dataset {ds!r}", field="datasets")
+    if body["holder_id"] == body["recipient_id"]:
+        raise InvalidInput("holder and recipient must differ")
+    days = int(body.get("duration_days", 90))
+    if days > rt.settings.consent_max_days:
+        raise Unprocessable(f"a consent may last at most {rt.settings.consent_max_days} days", field="duration_days")
+    now = datetime.now(UTC)
+    cid = uuid.uuid4().hex
+    async with rt.db.unit_of_work() as s:
+        await s.execute(
+            models.consents.insert().values(
+                id=cid, data_subject=body["data_subject"], holder_id=body["holder_id"], recipient_id=body["recipient_id"],
+                datasets=datasets, purpose=body["purpose"], one_off=bool(body.get("one_off", True)), status="requested",
+                status_reason=None, expires_at=now + timedelta(days=days), created_at=now, updated_at=now,
+            )
+        )
+        out = _consent((await s.execute(select(models.consents).where(models.consents.c.id == cid))).one())
+        await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.requested", "consent.events.requested", _event_data(out))
+    rt.events_committed()
+    return out
+
+
+async def get_consent(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
+    if row is None:
+        raise NotFound(f"no consent {consent_id!r}")
+    return _consent(row)
+
+
+async def list_consents(rt: Runtime, *, data_subject: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    q = select(models.consents).order_by(models.consents.c.created_at.desc()).limit(limit).offset(offset)
+    if data_subject:
+        q = q.where(models.consents.c.data_subject == data_subject)
+    async with rt.db.sessions() as s:
+        return [_consent(r) for r in (await s.execute(q)).all()]
+
+
+async def _transition(
+    rt: Runtime, *, consent_id: str, target: str, reason: str | None, extra: Any = None, idempotent: bool = False
+) -> dict[str, Any]:
+    t = models.consents
+    async with rt.db.unit_of_work() as s:
+        row = (await s.execute(select(t).where(t.c.id == consent_id).with_for_update())).first()
+        if row is None:
+            raise NotFound(f"no consent {consent_id!r}")
+        if idempotent and row.status == target:
+            return _consent(row)
+        check_transition(row.status, target, consent_id=consent_id)
+        await s.execute(t.update().where(t.c.id == consent_id).values(status=target, status_reason=reason, updated_at=datetime.now(UTC)))
+        if extra is not None:
+            await extra(s)
+        if target in {"revoked", "expired", "rejected", "consumed"}:
+            await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
+        out = _consent((await s.execute(select(t).where(t.c.id == consent_id))).one())
+        await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out))
+    rt.events_committed()
+    return out
+
+
+async def authorise(rt: Runtime, *, consent_id: str, token: dict[str, Any]) -> dict[str, Any]:
+    """``requested -> authorised`` with the data holder's tokens, sealed at rest. 409 from any other state."""
+    box = SecretBox(rt.settings.token_encryption_key)
+    expires_at = datetime.now(UTC) + timedelta(seconds=int(token["expires_in"])) if token.get("expires_in") else None
+
+    async def store(s: Any) -> None:
+        await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
+        await s.execute(models.holder_tokens.insert().values(consent_id=consent_id, sealed=box.seal(token, aad=consent_id), expires_at=expires_at))
+
+    return await _transition(rt, consent_id=consent_id, target="authorised", reason=None, extra=store)
+
+
+async def reject(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
+    return await _transition(rt, consent_id=consent_id, target="rejected", reason="rejected by the data subject")
+
+
+async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None) -> dict[str, Any]:
+    """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged)."""
+    return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}", idempotent=True)
+
+
+async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> None:
+    """A one-off consent whose transfer completed becomes ``consumed`` (no-op otherwise)."""
+    c = await get_consent(rt, consent_id=consent_id)
+    if c["one_off"] and c["status"] == "authorised":
+        try:
+            await _transition(rt, consent_id=consent_id, target="consumed", reason=f"transfer {transfer_id} completed")
+        except Conflict:
+            pass
+
+
+async def check(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]:
+    """Is consent ``consent_id`` valid now for ``dataset``? Answers ``{valid, reason, consent}``.
+
+    ``reason`` is one of ``not_found``, ``not_authorised``, ``expired``, ``dataset_not_covered`` or null.
+    """
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
+    if row is None:
+        return {"valid": False, "reason": "not_found", "consent": None}
+    c = _consent(row)
+    if row.status != "authorised":
+        return {"valid": False, "reason": "not_authorised", "status": row.status, "consent": c}
+    if _aware(row.expires_at) <= datetime.now(UTC):
+        return {"valid": False, "reason": "expired", "status": row.status, "consent": c}
+    if dataset not in row.datasets:
+        return {"valid": False, "reason": "dataset_not_covered", "status": row.status, "consent": c}
+    return {"valid": True, "reason": None, "status": row.status, "consent": c}
+
+
+async def holder_token(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
+    """The holder access token of an authorised consent. Raises NotFound or Conflict (not authorised)."""
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
+        if row is None:
+            raise NotFound(f"no consent {consent_id!r}")
+        if row.status != "authorised":
+            raise Conflict(f"consent {consent_id} is {row.status}", current_status=row.status)
+        tok = (await s.execute(select(models.holder_tokens).where(models.holder_tokens.c.consent_id == consent_id))).first()
+    if tok is None:
+        raise Conflict(f"consent {consent_id} has no holder token")
+    token = SecretBox(rt.settings.token_encryption_key).open(tok.sealed, aad=consent_id)
+    return {"access_token": token["access_token"], "token_type": token.get("token_type", "Bearer"),
+            "expires_at": _aware(tok.expires_at).isoformat() if tok.expires_at else None}

@@ -1,0 +1,1 @@
+"""Registry service: participants (data holders, data recipients) and the dataset catalogue."""

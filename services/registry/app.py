@@ -1,0 +1,79 @@
+"""HTTP API of the registry service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+
+from shared.http import PROBLEM_RESPONSES
+from shared.runtime import Runtime, build_app
+from shared.settings import Settings
+
+from . import handlers, models, service
+from .schemas import DatasetList, DatasetType, Participant, ParticipantCreate, ParticipantIn, ParticipantList, StatusChange
+
+router = APIRouter(responses=PROBLEM_RESPONSES)
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+@router.post("/participants", status_code=201, response_model=Participant, tags=["participants"])
+async def create_participant(body: ParticipantCreate, request: Request) -> Any:
+    """Register a data holder and/or data recipient. 409 if the id is taken."""
+    out, _ = await service.register_participant(_rt(request), body=body.model_dump())
+    return out
+
+
+@router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"])
+async def put_participant(participant_id: str, body: ParticipantIn, request: Request, response: Response) -> Any:
+    """Create or replace the participant ``participant_id`` (its status is kept)."""
+    out, created = await service.register_participant(_rt(request), body=body.model_dump(), participant_id=participant_id, replace=True)
+    response.status_code = 201 if created else 200
+    return out
+
+
+@router.get("/participants", response_model=ParticipantList, tags=["participants"])
+async def list_participants(request: Request, limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Any:
+    return {"participants": await service.list_participants(_rt(request), limit=limit, offset=offset)}
+
+
+@router.get("/participants/{participant_id}", response_model=Participant, tags=["participants"])
+async def get_participant(participant_id: str, request: Request) -> Any:
+    return await service.get_participant(_rt(request), participant_id=participant_id)
+
+
+@router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"])
+async def change_status(participant_id: str, body: StatusChange, request: Request) -> Any:
+    """Set a participant active, suspended or revoked, with a reason."""
+    return await service.set_status(_rt(request), participant_id=participant_id, status=body.status, reason=body.reason)
+
+
+@router.get("/datasets", response_model=DatasetList, response_model_by_alias=True, tags=["datasets"])
+async def list_datasets(request: Request) -> Any:
+    return {"datasets": await service.list_datasets(_rt(request))}
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])
+async def get_dataset(dataset_id: str, request: Request) -> Any:
+    return await service.get_dataset(_rt(request), dataset_id=dataset_id)
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])
+async def create_dataset(body: DatasetType, request: Request) -> Any:
+    """Add a dataset type with its record JSON Schema."""
+    return await service.register_dataset(_rt(request), body=body.model_dump(by_alias=True))
+
+
+async def _on_start(rt: Runtime) -> None:
+    await service.seed_catalogue(rt)
+    await handlers.register(rt)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    rt = Runtime("registry", models.metadata, models.outbox, settings)
+    app = build_app(rt, title="Portability broker: registry", description="Participants and the dataset catalogue.", on_start=_on_start)
+    app.include_router(router)
+    return app

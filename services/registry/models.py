@@ -1,0 +1,38 @@
+"""Tables of the registry service (its own database or PostgreSQL schema)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Text
+
+from shared.outbox import outbox_table
+
+metadata = MetaData()
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(500), nullable=True),
+    Column("export_base_url", String(500), nullable=True),
+    Column("import_base_url", String(500), nullable=True),
+    Column("datasets_offered", JSON, nullable=False),
+    Column("datasets_accepted", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+dataset_types = Table(
+    "dataset_types",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("schema", JSON, nullable=False),
+    Column("units", JSON, nullable=False),
+)
+
+outbox = outbox_table(metadata)

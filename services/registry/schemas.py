@@ -1,0 +1,62 @@
+"""Request and response bodies of the registry's HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+Role = Literal["holder", "recipient"]
+Status = Literal["active", "suspended", "revoked"]
+
+
+class ParticipantIn(BaseModel):
+    """A data holder and/or data recipient. A holder needs ``export_base_url``, a recipient ``import_base_url``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    roles: list[Role] = Field(min_length=1, max_length=2)
+    export_base_url: str | None = Field(default=None, max_length=500)
+    import_base_url: str | None = Field(default=None, max_length=500)
+    datasets_offered: list[str] = Field(default_factory=list, max_length=100)
+    datasets_accepted: list[str] = Field(default_factory=list, max_length=100)
+
+
+class ParticipantCreate(ParticipantIn):
+    id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+class Participant(ParticipantIn):
+    id: str
+    status: Status
+    status_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StatusChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Status
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DatasetType(BaseModel):
+    """A dataset type: a JSON Schema (Draft 2020-12) for one record, with units and time conventions."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: int = Field(ge=1, le=10_000)
+    title: str = Field(min_length=1, max_length=300)
+    description: str = Field(max_length=10_000)
+    schema_: dict[str, Any] = Field(alias="schema")
+    units: dict[str, str] = Field(default_factory=dict)
+
+
+class ParticipantList(BaseModel):
+    participants: list[Participant]
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetType]

@@ -1,0 +1,176 @@
+"""Use cases of the registry. Keyword-only; called by the HTTP routes and the NATS handlers alike."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from sqlalchemy import select
+
+from shared import subjects
+from shared.catalogue import DATASET_TYPES
+from shared.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from shared.outbox import add_event
+from shared.runtime import Runtime
+
+from . import models
+
+
+def _participant(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "roles": list(row.roles),
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "export_base_url": row.export_base_url,
+        "import_base_url": row.import_base_url,
+        "datasets_offered": list(row.datasets_offered),
+        "datasets_accepted": list(row.datasets_accepted),
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+def _dataset(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "version": row.version, "title": row.title, "description": row.description,
+            "schema": row.schema, "units": dict(row.units)}
+
+
+def _check_url(url: str | None, field: str, *, development: bool) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    allowed = {"https", "http"} if development else {"https"}
+    if parts.scheme not in allowed or not parts.netloc:
+        raise InvalidInput(f"{field} must be an absolute {' or '.join(sorted(allowed))} URL, got {url!r}")
+
+
+async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
+    roles = set(body["roles"])
+    if "holder" in roles and not body.get("export_base_url"):
+        raise InvalidInput("a data holder needs export_base_url")
+    if "recipient" in roles and not body.get("import_base_url"):
+        raise InvalidInput("a data recipient needs import_base_url")
+    if body.get("datasets_offered") and "holder" not in roles:
+        raise InvalidInput("only a data holder can offer datasets")
+    if body.get("datasets_accepted") and "recipient" not in roles:
+        raise InvalidInput("only a data recipient can accept datasets")
+    dev = rt.settings.environment == "development"
+    _check_url(body.get("export_base_url"), "export_base_url", development=dev)
+    _check_url(body.get("import_base_url"), "import_base_url", development=dev)
+    wanted = set(body.get("datasets_offered", [])) | set(body.get("datasets_accepted", []))
+    if wanted:
+        async with rt.db.sessions() as s:
+            known = set((await s.execute(select(models.dataset_types.c.id).where(models.dataset_types.c.id.in_(wanted)))).scalars())
+        missing = sorted(wanted - known)
+        if missing:
+            raise Unprocessable(f"unknown dataset type(s): {', '.join(missing)}", unknown=missing)
+
+
+async def register_participant(rt: Runtime, *, body: dict[str, Any], participant_id: str | None = None, replace: bool = False) -> tuple[dict[str, Any], bool]:
+    """Create (or, with ``replace``, create or replace) a participant. Returns (participant, created).
+
+    Raises InvalidInput / Unprocessable for a bad body, Conflict if the id exists and not ``replace``.
+    """
+    await _validate_participant(rt, body)
+    pid = participant_id or body.get("id") or uuid.uuid4().hex
+    now = datetime.now(UTC)
+    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url")}
+    values["datasets_offered"] = list(body.get("datasets_offered", []))
+    values["datasets_accepted"] = list(body.get("datasets_accepted", []))
+    t = models.participants
+    async with rt.db.unit_of_work() as s:
+        existing = (await s.execute(select(t).where(t.c.id == pid).with_for_update())).first()
+        if existing is not None and not replace:
+            raise Conflict(f"participant {pid!r} already exists")
+        if existing is None:
+            await s.execute(t.insert().values(id=pid, status="active", status_reason=None, created_at=now, updated_at=now, **values))
+            event = "participant_registered"
+        else:
+            await s.execute(t.update().where(t.c.id == pid).values(updated_at=now, **values))
+            event = "participant_updated"
+        row = (await s.execute(select(t).where(t.c.id == pid))).one()
+        out = _participant(row)
+        await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.{event}", f"registry.events.{event}", {"participant": out})
+    rt.events_committed()
+    return out, existing is None
+
+
+async def set_status(rt: Runtime, *, participant_id: str, status: str, reason: str) -> dict[str, Any]:
+    """Change a participant's status (active, suspended, revoked); publishes ``registry.events.participant_status_changed``."""
+    t = models.participants
+    async with rt.db.unit_of_work() as s:
+        row = (await s.execute(select(t).where(t.c.id == participant_id).with_for_update())).first()
+        if row is None:
+            raise NotFound(f"no participant {participant_id!r}")
+        await s.execute(t.update().where(t.c.id == participant_id).values(status=status, status_reason=reason, updated_at=datetime.now(UTC)))
+        out = _participant((await s.execute(select(t).where(t.c.id == participant_id))).one())
+        await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.participant_status_changed",
+                        "registry.events.participant_status_changed", {"participant": out, "previous_status": row.status})
+    rt.events_committed()
+    return out
+
+
+async def get_participant(rt: Runtime, *, participant_id: str) -> dict[str, Any]:
+    """The participant ``participant_id``; raises NotFound."""
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.participants).where(models.participants.c.id == participant_id))).first()
+    if row is None:
+        raise NotFound(f"no participant {participant_id!r}")
+    return _participant(row)
+
+
+async def list_participants(rt: Runtime, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(select(models.participants).order_by(models.participants.c.id).limit(limit).offset(offset))).all()
+    return [_participant(r) for r in rows]
+
+
+async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    """Add a dataset type. Raises InvalidInput if its schema is not a valid JSON Schema, Conflict if it exists."""
+    try:
+        Draft202012Validator.check_schema(body["schema"])
+    except SchemaError as exc:
+        raise InvalidInput(f"schema is not a valid JSON Schema: {exc.message}") from None
+    t = models.dataset_types
+    async with rt.db.unit_of_work() as s:
+        existing = (await s.execute(select(t.c.id).where(t.c.id == body["id"]))).first()
+        if existing is not None and not replace:
+            raise Conflict(f"dataset type {body['id']!r} already exists")
+        if existing is not None:
+            await s.execute(t.delete().where(t.c.id == body["id"]))
+        await s.execute(t.insert().values(**{k: body[k] for k in ("id", "version", "title", "description", "schema", "units")}))
+        await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.dataset_registered", "registry.events.dataset_registered",
+                        {"dataset": {"id": body["id"], "version": body["version"]}})
+    rt.events_committed()
+    return body
+
+
+async def get_dataset(rt: Runtime, *, dataset_id: str) -> dict[str, Any]:
+    """The dataset type ``dataset_id`` with its record schema; raises NotFound."""
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.dataset_types).where(models.dataset_types.c.id == dataset_id))).first()
+    if row is None:
+        raise NotFound(f"no dataset type {dataset_id!r}")
+    return _dataset(row)
+
+
+async def list_datasets(rt: Runtime) -> list[dict[str, Any]]:
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(select(models.dataset_types).order_by(models.dataset_types.c.id))).all()
+    return [_dataset(r) for r in rows]
+
+
+async def seed_catalogue(rt: Runtime) -> None:
+    """Insert the built-in dataset types of :mod:`shared.catalogue` that are not there yet."""
+    t = models.dataset_types
+    async with rt.db.unit_of_work() as s:
+        known = set((await s.execute(select(t.c.id))).scalars())
+        for dt in DATASET_TYPES.values():
+            if dt.id not in known:
+                await s.execute(t.insert().values(**dt.as_dict()))

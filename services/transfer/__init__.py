@@ -1,0 +1,1 @@
+"""Transfer service: transfer jobs, the worker that pulls from holders and pushes to recipients."""

@@ -1,0 +1,5 @@
+from shared.runtime import serve_main
+
+from .app import create_app
+
+serve_main("transfer", create_app)

@@ -1,0 +1,59 @@
+"""HTTP API of the transfer service; the process also runs ``TRANSFER_WORKERS_IN_PROCESS`` workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+
+from shared.consumer import PullConsumer
+from shared.http import PROBLEM_RESPONSES
+from shared.runtime import Runtime, build_app
+from shared.settings import Settings
+
+from . import models, service
+from .schemas import Transfer, TransferList, TransferRequest
+from .worker import make_consumer
+
+router = APIRouter(prefix="/transfers", tags=["transfers"], responses=PROBLEM_RESPONSES)
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+@router.post("", status_code=202, response_model=Transfer, responses={403: PROBLEM_RESPONSES[400]})
+async def start_transfer(body: TransferRequest, request: Request) -> Any:
+    """Queue a transfer. 403 problem (``reason: consent_invalid``) without a valid authorised consent."""
+    return await service.start_transfer(_rt(request), consent_id=body.consent_id, dataset=body.dataset)
+
+
+@router.get("", response_model=TransferList)
+async def list_transfers(request: Request, consent_id: str | None = Query(None, max_length=64),
+                         limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Any:
+    return {"transfers": await service.list_transfers(_rt(request), consent_id=consent_id, limit=limit, offset=offset)}
+
+
+@router.get("/{transfer_id}", response_model=Transfer)
+async def get_transfer(transfer_id: str, request: Request) -> Any:
+    return await service.get_transfer(_rt(request), transfer_id=transfer_id)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    rt = Runtime("transfer", models.metadata, models.outbox, settings)
+    consumers: list[PullConsumer] = []
+
+    async def on_start(rt: Runtime) -> None:
+        for _ in range(rt.settings.transfer_workers_in_process):
+            c = make_consumer(rt)
+            c.start()
+            consumers.append(c)
+
+    async def on_stop(rt: Runtime) -> None:
+        for c in consumers:
+            await c.stop(timeout=8.0)
+
+    app = build_app(rt, title="Portability broker: transfer", description="Transfers between data holders and data recipients.",
+                    on_start=on_start, on_stop=on_stop)
+    app.include_router(router)
+    return app

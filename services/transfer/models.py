@@ -1,0 +1,34 @@
+"""Tables of the transfer service."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table
+
+from shared.outbox import outbox_table
+
+metadata = MetaData()
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("consent_id", String(64), nullable=False, index=True),
+    Column("dataset", String(128), nullable=False),
+    Column("holder_id", String(64), nullable=False),
+    Column("recipient_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("reason", String(64), nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("cursor", String(2048), nullable=True),
+    Column("batches", Integer, nullable=False, default=0),
+    Column("records", BigInteger, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("sha256", String(64), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+outbox = outbox_table(metadata)

@@ -1,0 +1,47 @@
+"""Request and response bodies of the transfer service's HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    consent_id: str = Field(min_length=1, max_length=64)
+    dataset: str = Field(min_length=1, max_length=128)
+
+
+class Transfer(BaseModel):
+    """A transfer and where it stands. ``reason`` says why it ended when it did not complete:
+
+    ``consent_invalid`` (no authorised consent, or the holder refused the token),
+    ``schema_violation`` (a record broke its dataset schema; ``error.position`` is its 0-based index),
+    ``holder_error`` / ``recipient_error`` (a participant answered with an unexpected error),
+    ``destination_full`` (413 or 507 from the recipient), ``manifest_mismatch`` (the recipient's
+    records differ from what was sent), ``participant_inactive``, ``retries_exhausted``.
+    """
+
+    id: str
+    consent_id: str
+    dataset: str
+    holder_id: str
+    recipient_id: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+    batches: int
+    records: int
+    bytes: int
+    sha256: str | None = None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TransferList(BaseModel):
+    transfers: list[Transfer]

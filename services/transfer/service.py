@@ -1,0 +1,82 @@
+"""Use cases of the transfer service: start a transfer, read it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from shared import subjects
+from shared.errors import Forbidden, NotFound
+from shared.outbox import add_event
+from shared.runtime import Runtime
+
+from . import models
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _ts(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "consent_id": row.consent_id, "dataset": row.dataset, "holder_id": row.holder_id,
+        "recipient_id": row.recipient_id, "status": row.status, "reason": row.reason, "error": row.error,
+        "batches": row.batches, "records": row.records, "bytes": row.bytes, "sha256": row.sha256,
+        "attempts": row.attempts, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
+        "started_at": _ts(row.started_at), "finished_at": _ts(row.finished_at),
+    }
+
+
+def event_data(t: dict[str, Any]) -> dict[str, Any]:
+    return {"transfer": t}
+
+
+async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]:
+    """Queue a transfer of ``dataset`` under ``consent_id``.
+
+    The consent is checked first over NATS (``consent.check``); without a valid authorised
+    consent this raises :class:`Forbidden` (403, ``reason``) and nothing is queued, so no
+    request ever reaches the holder. Raises Unavailable if the consent service does not answer.
+    """
+    bus = rt.require_bus()
+    check = await bus.request(subjects.CONSENT_CHECK, {"consent_id": consent_id, "dataset": dataset})
+    if not check["valid"]:
+        raise Forbidden(f"no valid consent {consent_id} for dataset {dataset}: {check['reason']}", reason="consent_invalid",
+                        consent_reason=check["reason"])
+    consent = check["consent"]
+    now = datetime.now(UTC)
+    tid = uuid.uuid4().hex
+    async with rt.db.unit_of_work() as s:
+        await s.execute(models.transfers.insert().values(
+            id=tid, consent_id=consent_id, dataset=dataset, holder_id=consent["holder_id"], recipient_id=consent["recipient_id"],
+            status="queued", reason=None, error=None, cursor=None, batches=0, records=0, bytes=0, sha256=None, attempts=0,
+            created_at=now, updated_at=now,
+        ))
+        out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
+        await add_event(s, models.outbox, subjects.TRANSFER_JOBS, "transfer.job", {"transfer_id": tid, "consent_id": consent_id, "dataset": dataset})
+        await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.queued", "transfer.events.queued", event_data(out))
+    rt.events_committed()
+    return out
+
+
+async def get_transfer(rt: Runtime, *, transfer_id: str) -> dict[str, Any]:
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.transfers).where(models.transfers.c.id == transfer_id))).first()
+    if row is None:
+        raise NotFound(f"no transfer {transfer_id!r}")
+    return as_dict(row)
+
+
+async def list_transfers(rt: Runtime, *, consent_id: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    q = select(models.transfers).order_by(models.transfers.c.created_at.desc()).limit(limit).offset(offset)
+    if consent_id:
+        q = q.where(models.transfers.c.consent_id == consent_id)
+    async with rt.db.sessions() as s:
+        return [as_dict(r) for r in (await s.execute(q)).all()]

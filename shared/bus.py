@@ -1,0 +1,257 @@
+"""The NATS bus: connection, JetStream streams, request/reply, events and dead letters.
+
+One wrapper for every service so that handlers never deal with NATS details, envelopes
+or OpenTelemetry:
+
+- :meth:`Bus.request` sends a question (core request/reply) and returns the ``result``
+  of the reply, or raises the :class:`~shared.errors.BrokerError` the responder raised.
+  "No responders" and time-outs become :class:`~shared.errors.Unavailable`.
+- :meth:`Bus.serve` answers a subject in a queue group; each message runs in its own task
+  (bounded), malformed messages get an error reply (or are dead-lettered when there is no
+  reply inbox), and no exception ever kills the subscription.
+- :meth:`Bus.publish` is a JetStream publish with ``Nats-Msg-Id`` deduplication and
+  bounded retries (STACK_PITFALLS N5, N6).
+- :meth:`Bus.dead_letter` parks a message on ``deadletter.<subject>`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import envelope, telemetry
+from .errors import BrokerError, InvalidInput, Unavailable, from_problem
+from .subjects import ALL_STREAMS, StreamSpec, dead_letter_subject
+
+log = logging.getLogger("shared.bus")
+
+Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+class Bus:
+    """A service's NATS connection and JetStream context."""
+
+    def __init__(self, nc: Client, service: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.service = service
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Any] = []
+
+    @classmethod
+    async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
+        """Connect with endless reconnects (STACK_PITFALLS N4); raises :class:`Unavailable` if unreachable."""
+
+        async def error_cb(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def closed_cb() -> None:
+            log.error("nats connection closed")
+
+        try:
+            nc = await nats.connect(
+                servers=[url],
+                name=service,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                error_cb=error_cb,
+                closed_cb=closed_cb,
+            )
+        except Exception as exc:  # nats raises several unrelated types here
+            raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
+        return cls(nc, service)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.nc.is_connected:
+            try:
+                await self.nc.drain()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                await self.nc.close()
+        elif not self.nc.is_closed:
+            await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    # ---- JetStream set-up -------------------------------------------------------------
+
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+        """Create each stream if missing (file storage, dedupe window); idempotent across services."""
+        for spec in specs:
+            config = StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+            try:
+                await self.js.stream_info(spec.name)
+                continue
+            except nats.js.errors.NotFoundError:
+                pass
+            try:
+                await self.js.add_stream(config=config)
+            except nats.js.errors.BadRequestError:
+                # another service created it between our two calls
+                await self.js.stream_info(spec.name)
+
+    # ---- request / reply --------------------------------------------------------------
+
+    async def request(
+        self,
+        subject: str,
+        data: dict[str, Any],
+        *,
+        correlation_id: str | None = None,
+        timeout: float = 5.0,
+        no_responder_retries: int = 10,
+    ) -> dict[str, Any]:
+        """Ask ``subject`` a question; returns the reply's ``result``.
+
+        Raises :class:`Unavailable` when nobody answers (after short retries on "no responders",
+        STACK_PITFALLS N14) or the answer is late; re-raises the responder's error otherwise.
+        """
+        env = envelope.make(subject, data, correlation_id=correlation_id)
+        with telemetry.tracer().start_as_current_span(f"{subject} publish", kind=SpanKind.CLIENT) as span:
+            headers = telemetry.inject_headers()
+            delay = 0.05
+            for attempt in range(no_responder_retries + 1):
+                try:
+                    msg = await self.nc.request(subject, envelope.encode(env), timeout=timeout, headers=headers)
+                    break
+                except nats.errors.NoRespondersError:
+                    if attempt == no_responder_retries:
+                        span.set_status(Status(StatusCode.ERROR, "no responders"))
+                        raise Unavailable(f"no service answers {subject}") from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                except nats.errors.TimeoutError:
+                    span.set_status(Status(StatusCode.ERROR, "timeout"))
+                    raise Unavailable(f"{subject} did not answer within {timeout} s") from None
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+                    raise Unavailable(f"NATS unavailable: {exc}") from None
+            reply = envelope.decode(msg.data, expected_type="reply")["data"]
+            if reply["ok"]:
+                return dict(reply["result"])
+            raise from_problem(reply["error"])
+
+    async def serve(self, subject: str, handler: Handler, *, queue: str, concurrency: int = 64) -> None:
+        """Answer ``subject`` in queue group ``queue`` with ``handler(data, envelope) -> result``."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def cb(msg: Msg) -> None:
+            await sem.acquire()
+            task = asyncio.create_task(self._handle(subject, msg, handler))
+            self._tasks.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._tasks.discard(t)
+                sem.release()
+
+            task.add_done_callback(done)
+
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=cb))
+
+    async def _handle(self, subject: str, msg: Msg, handler: Handler) -> None:
+        ctx = telemetry.extract_context(msg.headers)
+        correlation_id: str | None = None
+        with telemetry.tracer().start_as_current_span(f"{subject} process", context=ctx, kind=SpanKind.SERVER) as span:
+            try:
+                env = envelope.decode(msg.data, expected_type=subject)
+                correlation_id = env["correlation_id"]
+                result = await handler(env["data"], env)
+                body: dict[str, Any] = {"ok": True, "result": result}
+            except BrokerError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.code))
+                if isinstance(exc, InvalidInput):
+                    log.warning("rejected malformed message on %s: %s", subject, exc.detail)
+                body = {"ok": False, "error": exc.to_problem()}
+            except Exception as exc:  # a handler bug must not kill the service
+                log.exception("handler for %s failed", subject)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                body = {"ok": False, "error": BrokerError("internal error").to_problem()}
+            if msg.reply:
+                reply = envelope.make("reply", body, correlation_id=correlation_id)
+                try:
+                    await msg.respond(envelope.encode(reply))
+                except Exception:  # pragma: no cover - connection lost while replying
+                    log.warning("could not reply on %s", subject)
+            elif not body["ok"]:
+                await self.dead_letter(subject, msg.data, body["error"]["detail"], headers=msg.headers)
+
+    # ---- JetStream publishing ---------------------------------------------------------
+
+    async def publish(
+        self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str] | None = None, attempts: int = 8
+    ) -> None:
+        """Publish to JetStream with ``Nats-Msg-Id`` = ``msg_id``; retries the same id on failure.
+
+        A duplicate ack counts as success. Raises :class:`Unavailable` after ``attempts``.
+        """
+        hdrs = dict(headers or {})
+        hdrs["Nats-Msg-Id"] = msg_id
+        delay = 0.1
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                await self.js.publish(subject, payload, headers=hdrs, timeout=2.0)
+                return
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+                nats.errors.ConnectionReconnectingError,
+                nats.js.errors.APIError,
+            ) as exc:
+                last = exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise Unavailable(f"could not publish to {subject}: {last!r}")
+
+    async def publish_envelope(self, subject: str, env: dict[str, Any]) -> None:
+        """Publish an envelope on a JetStream subject, with the current trace context."""
+        with telemetry.tracer().start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER):
+            await self.publish(subject, envelope.encode(env), msg_id=env["id"], headers=telemetry.inject_headers())
+
+    async def dead_letter(
+        self, subject: str, payload: bytes, reason: str, *, headers: dict[str, Any] | None = None, deliveries: int = 1
+    ) -> None:
+        """Park ``payload`` on ``deadletter.<subject>`` with ``reason``; logs if even that fails."""
+        try:
+            text = payload.decode("utf-8", errors="replace")[:65536]
+        except Exception:  # pragma: no cover
+            text = repr(payload[:65536])
+        data = {
+            "subject": subject,
+            "reason": reason[:2000],
+            "payload": text,
+            "headers": {str(k): str(v) for k, v in (headers or {}).items()},
+            "deliveries": deliveries,
+        }
+        env = envelope.make("deadletter", data)
+        try:
+            await self.publish(dead_letter_subject(subject), envelope.encode(env), msg_id=env["id"], attempts=3)
+            log.warning("dead-lettered a message on %s: %s", subject, reason)
+        except Unavailable:
+            log.error("could not dead-letter a message on %s (%s): %s", subject, reason, json.dumps(data)[:500])

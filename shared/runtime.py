@@ -1,0 +1,128 @@
+"""Bootstrap of one service process: settings, database, NATS bus, outbox relay, HTTP app.
+
+Every service builds a :class:`Runtime` in its FastAPI lifespan so that HTTP routes and
+NATS handlers share the same database, bus and use cases (one ``bootstrap()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import MetaData, Table
+
+from . import telemetry
+from .bus import Bus
+from .db import Database
+from .http import install_problem_handlers, setup_logging
+from .outbox import OutboxRelay
+from .settings import Settings
+
+log = logging.getLogger("shared.runtime")
+
+
+class Runtime:
+    """What a running service holds: ``settings``, ``db``, ``bus`` and the outbox ``relay``."""
+
+    def __init__(self, name: str, metadata: MetaData, outbox: Table, settings: Settings | None = None) -> None:
+        self.name = name
+        self.settings = settings or Settings()
+        self.metadata = metadata
+        self.outbox = outbox
+        self.db = Database(self.settings.database_url_for(name), metadata, self.settings.schema_for(name))
+        self.bus: Bus | None = None
+        self.relay: OutboxRelay | None = None
+
+    async def start(self) -> None:
+        telemetry.setup(self.name)
+        await self.db.create_all()
+        self.bus = await Bus.connect(self.settings.nats_url, self.name)
+        await self.bus.ensure_streams()
+        self.relay = OutboxRelay(self.db, self.outbox, self.bus)
+        self.relay.start()
+
+    async def stop(self) -> None:
+        if self.relay:
+            await self.relay.stop()
+        if self.bus:
+            await self.bus.close()
+        await self.db.dispose()
+
+    def require_bus(self) -> Bus:
+        assert self.bus is not None, "runtime not started"
+        return self.bus
+
+    def events_committed(self) -> None:
+        """Tell the relay that a transaction with outbox rows has just committed."""
+        if self.relay:
+            self.relay.notify()
+
+
+def build_app(
+    runtime: Runtime,
+    *,
+    title: str,
+    description: str,
+    on_start: Callable[[Runtime], Awaitable[None]] | None = None,
+    on_stop: Callable[[Runtime], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops ``runtime``; adds /healthz and /readyz."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        if on_start:
+            await on_start(runtime)
+        try:
+            yield
+        finally:
+            if on_stop:
+                await on_stop(runtime)
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Any:
+        checks: dict[str, str] = {}
+        try:
+            await runtime.db.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # report, don't raise
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["nats"] = "ok" if runtime.bus and runtime.bus.connected else "disconnected"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+    return app
+
+
+def serve_main(service: str, make_app: Callable[[Settings], FastAPI], argv: list[str] | None = None) -> None:
+    """``python -m services.<service> [--host H] [--port P]``: run the service's HTTP app with uvicorn."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    setup_logging(settings.log_level)
+    app = make_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.http_host,
+        port=args.port if args.port is not None else settings.http_port,
+        log_level="warning",
+        timeout_graceful_shutdown=8,
+    )

@@ -51,6 +51,7 @@ class Bus:
         self.service = service
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
+        self.closing = False
 
     @classmethod
     async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
@@ -60,7 +61,8 @@ class Bus:
             log.warning("nats error: %s", exc)
 
         async def closed_cb() -> None:
-            log.error("nats connection closed")
+            if not getattr(bus, "closing", False):
+                log.error("nats connection closed")
 
         try:
             nc = await nats.connect(
@@ -75,9 +77,11 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types here
             raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
-        return cls(nc, service)
+        bus = cls(nc, service)
+        return bus
 
     async def close(self) -> None:
+        self.closing = True
         for task in list(self._tasks):
             task.cancel()
         if self.nc.is_connected:

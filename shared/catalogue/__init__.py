@@ -8,6 +8,6 @@ any value (values keep the type and spelling of the source).
 
 from __future__ import annotations
 
-from .registry import DATASET_TYPES, DatasetType, ParsedFile, UnknownFormat, get_dataset_type, parse_file
+from .registry import DATASET_TYPES, DatasetType, ParsedFile, UnknownFormat, get_dataset_type, parse_file, quirks, validator
 
-__all__ = ["DATASET_TYPES", "DatasetType", "ParsedFile", "UnknownFormat", "get_dataset_type", "parse_file"]
+__all__ = ["DATASET_TYPES", "DatasetType", "ParsedFile", "UnknownFormat", "get_dataset_type", "parse_file", "quirks", "validator"]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import enedis_v5
+from . import bills, enedis_mesures2026, enedis_v5, enedis_v5_customers, greenbutton_espi, grdf_adict_v2, maif, orange_mesinfos, water
+from ._util import by_position
 
 
 class UnknownFormat(ValueError):
@@ -51,16 +52,105 @@ DATASET_TYPES: dict[str, DatasetType] = {
     for t in (
         DatasetType(**enedis_v5.DAILY_CONSUMPTION),
         DatasetType(**enedis_v5.LOAD_CURVE),
+        DatasetType(**enedis_mesures2026.DAILY_CONSUMPTION),
+        DatasetType(**enedis_mesures2026.LOAD_CURVE),
+        DatasetType(**enedis_v5_customers.CUSTOMER_CONTRACT),
+        DatasetType(**enedis_v5_customers.CUSTOMER_ADDRESS),
+        DatasetType(**grdf_adict_v2.PUBLISHED),
+        DatasetType(**grdf_adict_v2.INFORMATIVE),
+        DatasetType(**greenbutton_espi.INTERVAL_READING),
+        DatasetType(**water.DAILY_LITRES),
+        DatasetType(**water.MONTHLY_M3),
+        DatasetType(**water.PAYMENT_SCHEDULE),
+        DatasetType(**orange_mesinfos.GEOPOINT),
+        DatasetType(**orange_mesinfos.CALL_LOG),
+        DatasetType(**orange_mesinfos.VIDEOSTREAM),
+        DatasetType(**maif.CONTRACT),
+        DatasetType(**maif.HOME),
+        DatasetType(**maif.FOYER),
+        DatasetType(**maif.SOCIETAIRE),
+        DatasetType(**maif.PAYMENT_TERMS),
+        DatasetType(**maif.CLAIM),
+        DatasetType(**maif.IDENTITY),
+        DatasetType(**bills.BILLS),
     )
 }
 
-# Each parser returns a ParsedFile or None when the document is not its format.
-PARSERS: list[Callable[[Any, Path], ParsedFile | None]] = [enedis_v5.parse]
+# Each parser returns a ParsedFile or None when the document is not its format (a parser may raise
+# UnknownFormat when the document is its format but is refused, e.g. a malformed CSV row).
+# A file that holds no subject identifier (water CSV exports, bill lists) has subject_key "".
+PARSERS: list[Callable[[Any, Path], ParsedFile | None]] = [
+    enedis_v5.parse,
+    enedis_mesures2026.parse,
+    enedis_v5_customers.parse,
+    grdf_adict_v2.parse,
+    greenbutton_espi.parse,
+    water.parse,
+    orange_mesinfos.parse,
+    maif.parse,
+    bills.parse,
+]
+
+
+def _enedis_v5_daily_quirks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from ._util import daily_series
+
+    return daily_series(records, lambda r: r.get("date"), lambda r: r.get("value"), "date", "value")
+
+
+def _enedis_v5_load_curve_quirks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from ._util import invalid_dates
+
+    return invalid_dates(records, ["date"])
+
+
+# dataset id -> function(records) -> quirk reports (see ``quirks``)
+QUIRK_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] = {
+    enedis_v5.DAILY_ID: _enedis_v5_daily_quirks,
+    enedis_v5.LOAD_CURVE_ID: _enedis_v5_load_curve_quirks,
+    **enedis_mesures2026.QUIRK_CHECKS,
+    **enedis_v5_customers.QUIRK_CHECKS,
+    **grdf_adict_v2.QUIRK_CHECKS,
+    **greenbutton_espi.QUIRK_CHECKS,
+    **water.QUIRK_CHECKS,
+    **orange_mesinfos.QUIRK_CHECKS,
+    **maif.QUIRK_CHECKS,
+    **bills.QUIRK_CHECKS,
+}
 
 
 def get_dataset_type(dataset_id: str) -> DatasetType:
     """The dataset type ``dataset_id``; raises ``KeyError`` if the catalogue has none."""
     return DATASET_TYPES[dataset_id]
+
+
+def quirks(dataset_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The quirks flagged in ``records`` (of dataset type ``dataset_id``), ordered by record position.
+
+    Each report is ``{"position": int, "code": str, "field": str | None, "value": ..., "message": str}``
+    (plus ``missing`` for ``missing_day``, ``related`` for quirks involving other positions).
+    Flagging never changes a record: the documented policy of each dataset type says whether a quirk
+    is accepted as is, flagged here, or refused by the parser. Codes: ``invalid_date``,
+    ``missing_day``, ``duplicate_date``, ``negative_value``, ``compensating_jump``,
+    ``provisional_day``, ``duplicate_month``, ``interval_gap``, ``interval_overlap``,
+    ``invalid_postcode``, ``invalid_iban``, ``unexpanded_template``, ``incomplete_bill``,
+    ``duplicate_id``, ``negative_amount``. Raises ``KeyError`` for an unknown dataset id.
+    """
+    get_dataset_type(dataset_id)
+    check = QUIRK_CHECKS.get(dataset_id)
+    return by_position(check(records)) if check else []
+
+
+def validator(dataset_id: str) -> Any:
+    """A Draft 2020-12 validator of one record of ``dataset_id``, with jsonschema's format checker.
+
+    The schemas use ``format`` only where every real record is valid (``date``); calendar checks
+    of timestamps are in :func:`quirks`, so that accepted quirk records are not rejected here.
+    """
+    from jsonschema import Draft202012Validator
+
+    schema = get_dataset_type(dataset_id).schema
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def parse_file(path: str | Path) -> ParsedFile:

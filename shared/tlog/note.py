@@ -128,8 +128,8 @@ class Verifier(ABC):
             raise NoteError("vkey must be <name>+<hex key id>+<base64 key>")
         name, hex_id, b64 = parts
         _check_name(name)
-        if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
-            raise NoteError("vkey key id must be 8 lowercase hex digits")
+        if not re.fullmatch(r"[0-9a-fA-F]{8}", hex_id):
+            raise NoteError("vkey key id must be 8 hex digits")
         raw = _b64decode(b64, "vkey")
         if len(raw) < 2:
             raise NoteError("vkey key too short")
@@ -140,7 +140,7 @@ class Verifier(ABC):
             verifier = ECDSAVerifier(name, raw[1:])
         else:
             raise NoteError(f"unsupported vkey signature type 0x{raw[0]:02x}")
-        if verifier.key_id.hex() != hex_id:
+        if verifier.key_id.hex() != hex_id.lower():
             raise NoteError("vkey key id does not match the key")
         return verifier
 

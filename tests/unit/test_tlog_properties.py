@@ -170,7 +170,7 @@ def test_altered_inclusion_proof_fails(args: tuple[int, int], data: st.DataObjec
         verify_inclusion(lh, i, n, p, rt)
 
 
-@PROPS
+@settings(PROPS, max_examples=200)
 @given(index_and_size, st.integers(0, N + 5))
 def test_inclusion_size_is_bound_by_proof_shape(args: tuple[int, int], other: int) -> None:
     """With the *same* root, another size verifies only if it gives the same audit-path shape.

@@ -1,0 +1,4 @@
+from . import write
+
+for p in write():
+    print(f"wrote {p}")

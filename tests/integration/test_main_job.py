@@ -1,0 +1,146 @@
+"""The main job over real processes: three services, a real nats-server, the reference
+holder serving the real Enedis v5 files, and the reference personal cloud."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from shared.canonical import records_digest
+from shared.catalogue import parse_file
+from shared.demo import CLOUD_ID, HOLDER_ID, consented_transfer, register_participants
+from shared.launcher import Stack
+from tests.conftest import BAD_CUSTOMER, BAD_POSITION, PAGE_LIMIT, REAL_ENEDIS_FILES
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as c:
+        register_participants(c, stack)
+        yield c
+
+
+def holder_requests(client: httpx.Client, stack: Stack) -> int:
+    return int(client.get(f"{stack.url('holder')}/dev/stats").json()["export_requests"])
+
+
+@pytest.mark.parametrize("name", sorted(REAL_ENEDIS_FILES))
+def test_real_file_arrives_exactly(name: str, real_dir, client: httpx.Client, stack: Stack) -> None:
+    dataset, count = REAL_ENEDIS_FILES[name]
+    parsed = parse_file(real_dir / name)
+    assert parsed.dataset_id == dataset and len(parsed.records) == count
+
+    result = consented_transfer(client, stack, customer=parsed.subject_key, dataset=dataset)
+
+    t = result["transfer"]
+    assert t["status"] == "completed", t
+    assert t["records"] == count and result["records"] == count
+    assert t["batches"] == -(-count // PAGE_LIMIT)
+    # the recipient holds exactly the file's records: count, values, timestamps, units, order
+    assert result["cloud_records"] == parsed.records
+    assert [r["value"] for r in result["cloud_records"]] == [
+        i["value"] for i in __import__("json").loads((real_dir / name).read_text())["meter_reading"]["interval_reading"]
+    ]
+    assert {r["unit"] for r in result["cloud_records"]} == {"Wh" if "daily" in dataset else "W"}
+    assert t["sha256"] == records_digest(parsed.records) == result["sha256"]
+    consent = client.get(f"{stack.url('consent')}/consents/{result['consent_id']}").json()
+    assert consent["status"] == "authorised"
+
+
+def _consents(client: httpx.Client, stack: Stack, subject: str) -> list[dict]:
+    return client.get(f"{stack.url('consent')}/consents", params={"data_subject": subject}).json()["consents"]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"holder_id": "no-such-holder"}, "unknown holder"),
+        ({"recipient_id": "no-such-cloud"}, "unknown recipient"),
+        ({"datasets": ["no.such.dataset"]}, "unknown dataset"),
+        ({"holder_id": CLOUD_ID}, "is not a data holder"),
+        ({"recipient_id": HOLDER_ID}, "is not a data recipient"),
+    ],
+)
+def test_bad_consent_request_is_refused_and_nothing_stored(change: dict, needle: str, client: httpx.Client, stack: Stack) -> None:
+    subject = "subject-bad-request"
+    body = {"data_subject": subject, "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
+            "datasets": ["enedis.v5.daily_consumption"], "purpose": "test"} | change
+    r = client.post(f"{stack.url('consent')}/consents", json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert needle in problem["detail"] and problem["status"] == 422 and problem["title"]
+    assert _consents(client, stack, subject) == []
+
+
+def test_dataset_not_offered_by_holder(client: httpx.Client, stack: Stack) -> None:
+    r = client.put(f"{stack.url('registry')}/participants/daily-only-holder", json={
+        "name": "Holder of daily data only", "roles": ["holder"], "export_base_url": stack.url("holder"),
+        "datasets_offered": ["enedis.v5.daily_consumption"]})
+    assert r.status_code in (200, 201), r.text
+    r = client.post(f"{stack.url('consent')}/consents", json={
+        "data_subject": "subject-not-offered", "holder_id": "daily-only-holder", "recipient_id": CLOUD_ID,
+        "datasets": ["enedis.v5.consumption_load_curve"], "purpose": "test"})
+    assert r.status_code == 422
+    assert "does not offer dataset 'enedis.v5.consumption_load_curve'" in r.json()["detail"]
+    assert _consents(client, stack, "subject-not-offered") == []
+
+
+def test_malformed_http_bodies_get_problem_details(client: httpx.Client, stack: Stack) -> None:
+    for url, body in [
+        (f"{stack.url('consent')}/consents", {"data_subject": "x"}),
+        (f"{stack.url('transfer')}/transfers", {"consent": 1}),
+        (f"{stack.url('registry')}/participants", {"name": "x", "roles": ["king"]}),
+    ]:
+        r = client.post(url, json=body)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    r = client.post(f"{stack.url('consent')}/consents", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_transfer_without_authorised_consent_never_reaches_holder(client: httpx.Client, stack: Stack) -> None:
+    consent = client.post(f"{stack.url('consent')}/consents", json={
+        "data_subject": "subject-unauthorised", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
+        "datasets": ["enedis.v5.daily_consumption"], "purpose": "test"}).json()
+    before = holder_requests(client, stack)
+    for consent_id in (consent["id"], "no-such-consent"):
+        r = client.post(f"{stack.url('transfer')}/transfers", json={"consent_id": consent_id, "dataset": "enedis.v5.daily_consumption"})
+        assert r.status_code == 403, r.text
+        assert r.json()["reason"] == "consent_invalid"
+    # authorised, but for another dataset than asked
+    token = client.post(f"{stack.url('holder')}/dev/tokens", json={"customer_id": "01234567890", "datasets": ["enedis.v5.daily_consumption"]}).json()
+    assert client.post(f"{stack.url('consent')}/consents/{consent['id']}/authorise", json=token).status_code == 200
+    r = client.post(f"{stack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": "enedis.v5.consumption_load_curve"})
+    assert r.status_code == 403 and r.json()["consent_reason"] == "dataset_not_covered"
+    # revoked
+    assert client.post(f"{stack.url('consent')}/consents/{consent['id']}/revoke", json={"by": "data_subject"}).json()["status"] == "revoked"
+    r = client.post(f"{stack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": "enedis.v5.daily_consumption"})
+    assert r.status_code == 403 and r.json()["consent_reason"] == "not_authorised"
+    assert holder_requests(client, stack) == before
+
+
+def test_refused_transitions_answer_409_with_current_state(client: httpx.Client, stack: Stack) -> None:
+    consent = client.post(f"{stack.url('consent')}/consents", json={
+        "data_subject": "subject-transitions", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
+        "datasets": ["enedis.v5.daily_consumption"], "purpose": "test"}).json()
+    r = client.post(f"{stack.url('consent')}/consents/{consent['id']}/revoke", json={})
+    assert r.status_code == 409 and r.json()["current_status"] == "requested"
+    assert client.post(f"{stack.url('consent')}/consents/{consent['id']}/reject").json()["status"] == "rejected"
+    r = client.post(f"{stack.url('consent')}/consents/{consent['id']}/authorise", json={"access_token": "x"})
+    assert r.status_code == 409 and r.json()["current_status"] == "rejected"
+
+
+def test_record_breaking_its_schema_fails_the_transfer_and_keeps_delivered_batches(client: httpx.Client, stack: Stack) -> None:
+    result = consented_transfer(client, stack, customer=BAD_CUSTOMER, dataset="enedis.v5.daily_consumption")
+    t = result["transfer"]
+    assert t["status"] == "failed" and t["reason"] == "schema_violation", t
+    assert t["error"]["position"] == BAD_POSITION
+    assert "12 kWh" in t["error"]["schema_error"] and t["error"]["path"] == "/value"
+    delivered = (BAD_POSITION // PAGE_LIMIT) * PAGE_LIMIT
+    assert t["records"] == delivered and t["batches"] == BAD_POSITION // PAGE_LIMIT
+    assert len(result["cloud_records"]) == delivered
+    assert result["cloud_records"] == result["holder_records"][:delivered]

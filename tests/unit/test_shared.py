@@ -1,0 +1,97 @@
+"""Pure unit tests of the shared package and the consent rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from services.consent.domain import STATES, TRANSITIONS, check_transition
+from shared import envelope
+from shared.canonical import RecordDigest, canonical, records_digest
+from shared.crypto import DEV_KEY_B64, SealError, SecretBox
+from shared.errors import BrokerError, Conflict, InvalidInput, NotFound, Unavailable, from_problem
+from shared.settings import Settings
+
+
+def test_envelope_round_trip_and_schema_checks() -> None:
+    env = envelope.make("consent.check", {"consent_id": "c1", "dataset": "d"}, correlation_id="corr")
+    assert envelope.decode(envelope.encode(env), expected_type="consent.check") == env
+    assert set(env) == {"id", "type", "time", "correlation_id", "data"}
+    with pytest.raises(InvalidInput, match="data"):
+        envelope.make("consent.check", {"consent_id": "c1"})
+    with pytest.raises(InvalidInput, match="unknown message type"):
+        envelope.make("no.such.type", {})
+    with pytest.raises(InvalidInput, match="expected a message of type"):
+        envelope.decode(envelope.encode(env), expected_type="consent.token.get")
+    with pytest.raises(InvalidInput, match="not a JSON message"):
+        envelope.decode(b"\xff")
+    with pytest.raises(InvalidInput, match="over the"):
+        envelope.decode(b" " * (envelope.MAX_MESSAGE_BYTES + 1))
+    bad_time = dict(env, time="yesterday")
+    with pytest.raises(InvalidInput, match="date-time"):
+        envelope.validate(bad_time)
+    assert envelope.make("transfer.events.completed", {"transfer": {}})["type"] == "transfer.events.completed"
+
+
+def test_canonical_json_and_record_digest_follow_rfc8785() -> None:
+    assert canonical({"b": 1, "a": [1.0, "é"]}) == '{"a":[1,"é"],"b":1}'.encode()
+    records = [{"value": "1", "date": "2022-01-01"}, {"date": "2022-01-02", "value": "2"}]
+    expected = hashlib.sha256(b'{"date":"2022-01-01","value":"1"}\n{"date":"2022-01-02","value":"2"}\n').hexdigest()
+    assert records_digest(records) == expected
+    d = RecordDigest()
+    d.update(records[:1])
+    d.update(records[1:])
+    assert (d.hexdigest(), d.count, d.bytes) == (expected, 2, 68)
+    assert records_digest([]) == hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("current", sorted(STATES))
+@pytest.mark.parametrize("target", sorted(STATES))
+def test_every_consent_transition_is_allowed_or_refused_with_the_current_state(current: str, target: str) -> None:
+    allowed = {("requested", "authorised"), ("requested", "rejected"), ("authorised", "revoked"),
+               ("authorised", "expired"), ("authorised", "consumed")}
+    if (current, target) in allowed:
+        check_transition(current, target, consent_id="c")
+    else:
+        with pytest.raises(Conflict) as exc:
+            check_transition(current, target, consent_id="c")
+        assert exc.value.to_problem()["current_status"] == current
+    assert sum(len(v) for v in TRANSITIONS.values()) == len(allowed)
+
+
+def test_errors_survive_a_round_trip_as_problem_details() -> None:
+    for err in (NotFound("x"), Conflict("y", current_status="revoked"), Unavailable("z"), InvalidInput("w")):
+        back = from_problem(json.loads(json.dumps(err.to_problem())))
+        assert type(back) is type(err) and back.detail == err.detail and back.extra == err.extra
+    assert type(from_problem({"code": "weird", "detail": "?"})) is BrokerError
+
+
+def test_settings_refuse_development_secrets_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ValueError, match="BROKER_RECIPIENT_TOKEN"):
+        Settings()
+    monkeypatch.setenv("BROKER_RECIPIENT_TOKEN", "a-real-secret")
+    with pytest.raises(ValueError, match="TOKEN_ENCRYPTION_KEY"):
+        Settings()
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", "A" * 43 + "=")
+    assert Settings().environment == "production"
+
+
+def test_database_urls() -> None:
+    s = Settings(database_url="postgresql://u@h:5432/db", db_schema_prefix="t_")
+    assert s.database_url_for("consent") == "postgresql+asyncpg://u@h:5432/db"
+    assert s.schema_for("consent") == "t_consent"
+    assert Settings(database_url=None).database_url_for("registry").startswith("sqlite+aiosqlite:///")
+
+
+def test_sealed_tokens_open_only_with_their_key_and_row() -> None:
+    box = SecretBox(DEV_KEY_B64)
+    sealed = box.seal({"access_token": "secret"}, aad="consent-1")
+    assert "secret" not in sealed
+    assert box.open(sealed, aad="consent-1") == {"access_token": "secret"}
+    with pytest.raises(SealError):
+        box.open(sealed, aad="consent-2")
+    with pytest.raises(SealError):
+        SecretBox("B" * 43 + "=").open(sealed, aad="consent-1")

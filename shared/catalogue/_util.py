@@ -194,5 +194,34 @@ def daily_series(
     return out
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_characters(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``control_character`` for every string holding a C0/C1 control character (tab, CR, LF excepted).
+
+    Such characters are usually a mis-decoded symbol: U+0080 is the Windows-1252 byte of '€' read
+    as Latin-1 (MAIF ``patrimoineMobilier`` ``"3 501 à 6 800 \x80"``). The value is kept verbatim."""
+    out: list[dict[str, Any]] = []
+
+    def walk(i: int, value: Any, path: str) -> None:
+        if isinstance(value, str):
+            found = _CONTROL.findall(value)
+            if found:
+                codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in found}))
+                hint = " (U+0080 is a mis-decoded '€')" if "\x80" in found else ""
+                out.append(quirk(i, "control_character", path, value, f"control character {codes} in the value{hint}; kept verbatim"))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(i, v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list):
+            for k, v in enumerate(value):
+                walk(i, v, f"{path}.{k}")
+
+    for i, rec in enumerate(records):
+        walk(i, rec, "")
+    return out
+
+
 def by_position(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(reports, key=lambda q: (q["position"], q["code"], str(q["field"])))

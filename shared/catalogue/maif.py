@@ -29,7 +29,10 @@ Quirks and decisions (``quirks()`` codes in brackets):
 - the member number is ``"1234567"`` in contract/home/payment terms and ``"1234567N"`` in the
   claims and ``referenceClient``: kept as served, not reconciled;
 - claim ``timestamp`` is local time without zone or seconds (``2015-07-20T19:00``): accepted;
-- label strings keep their stray spaces (``"3 501 à 6 800 "``, ``"à  titre"``); empty
+- home ``patrimoineMobilier`` is ``"3 501 à 6 800 \x80"``: the '€' was mis-decoded into the C1
+  control character U+0080 (its Windows-1252 byte read as Latin-1). Kept verbatim (no
+  "repair" to '€'), flagged [``control_character``, a check run on every dataset type];
+- label strings keep their stray spaces (``"à  titre"``); empty
   ``birthplace`` objects are kept; ``codeEmployeur`` ``"A renseigner"`` (placeholder) is kept.
 """
 
@@ -97,8 +100,9 @@ HOME = _t(
     "One record per item of `home` in a `fr.maif.maifuser.home` document, unchanged: the insured dwelling, as MAIF "
     "code/label pairs (`codeNatureLieuRisque`/`natureLieu`, `codeJuridique`/`situationJuridiqueLieu`, "
     "`codePieceLieuRisque`/`nombrePieces`, `codeTrancheMobilier`/`patrimoineMobilier`). Units: "
-    "`patrimoineMobilier` is a band of furniture value in EUR, as a French label ('3 501 à 6 800 '). Time: none "
-    "(no time field). " + _QUIRK_DOC,
+    "`patrimoineMobilier` is a band of furniture value in EUR, as a French label ('3 501 à 6 800 €'). Time: none "
+    "(no time field). " + _QUIRK_DOC + " In the MesInfos sample the '€' of `patrimoineMobilier` is the mis-decoded "
+    "control character U+0080: kept verbatim and flagged `control_character`.",
     {"patrimoineMobilier": "EUR (band label)"},
     u.record_schema({
         "address": _ADDRESS, "codeJuridique": _S(16), "codeNatureLieuRisque": _S(16), "codePieceLieuRisque": _S(16),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bills, enedis_mesures2026, enedis_v5, enedis_v5_customers, greenbutton_espi, grdf_adict_v2, maif, orange_mesinfos, water
-from ._util import by_position
+from ._util import by_position, control_characters
 
 
 class UnknownFormat(ValueError):
@@ -134,11 +134,13 @@ def quirks(dataset_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any
     ``missing_day``, ``duplicate_date``, ``negative_value``, ``compensating_jump``,
     ``provisional_day``, ``duplicate_month``, ``interval_gap``, ``interval_overlap``,
     ``invalid_postcode``, ``invalid_iban``, ``unexpanded_template``, ``incomplete_bill``,
-    ``duplicate_id``, ``negative_amount``. Raises ``KeyError`` for an unknown dataset id.
+    ``duplicate_id``, ``negative_amount``, and for every type ``control_character`` (a C0/C1
+    control character in a string, e.g. a mis-decoded '€'). Raises ``KeyError`` for an unknown dataset id.
     """
     get_dataset_type(dataset_id)
     check = QUIRK_CHECKS.get(dataset_id)
-    return by_position(check(records)) if check else []
+    found = check(records) if check else []
+    return by_position(found + control_characters(records))
 
 
 def validator(dataset_id: str) -> Any:

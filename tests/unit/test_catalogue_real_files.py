@@ -82,6 +82,7 @@ EXPECTED_QUIRKS: dict[str, list[tuple[int, str]]] = {
     "orange_mesinfos_fr.orange.geopoint_synthetic.json": [(i, "invalid_date") for i in range(799, 825)],
     "maif_mesinfos_fr.maif.maifuser.paymentterms_synthetic.json": [(0, "invalid_iban")],
     "maif_mesinfos_fr.maif.maifuser.sinistre_habitation_synthetic_redacted.json": [(0, "invalid_postcode")],
+    "maif_mesinfos_fr.maif.maifuser.home_synthetic_redacted.json": [(0, "control_character")],
     "cozy_banks_demo_ach.json": sorted(
         [(i, "unexpanded_template") for i in _COZY_TEMPLATES]
         + [(i, "incomplete_bill") for i in (17, 18, 19, 20, 21, 24, 25, 26, 27)]
@@ -323,7 +324,7 @@ def test_maif_values() -> None:
     assert (contracts[-1]["name"], contracts[-1]["montantTarifTtc"], contracts[-1]["objects"]["vehicule"][0]["immatriculationVehicule"]) == (
         "VAM", 312, "AA-123-XD")
     home = records("maif_mesinfos_fr.maif.maifuser.home_synthetic_redacted.json")[0]
-    assert home["patrimoineMobilier"] == "3 501 à 6 800 "  # trailing space kept
+    assert home["patrimoineMobilier"] == "3 501 à 6 800 \x80"  # the mis-decoded '€' (U+0080) is kept verbatim
     foyer = records("maif_mesinfos_fr.maif.maifuser.foyer_synthetic_redacted.json")[0]
     assert (foyer["membres"][0]["name"]["family"], foyer["membres"][0]["birthdate"]) == ("DUPOND", "1972-03-18")
     assert records("maif_mesinfos_fr.maif.maifuser.societaire_synthetic_redacted.json")[0]["familySituation"] == "union libre"

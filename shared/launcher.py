@@ -104,6 +104,9 @@ class Stack:
     holder_files: list[Path] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # transfer workers in processes of their own (``python -m services.transfer worker``);
+    # with any, the transfer API process runs none itself
+    worker_processes: int = 0
     procs: dict[str, Proc] = field(default_factory=dict)
     nats: Proc | None = None
 
@@ -170,6 +173,10 @@ class Stack:
             port = port_or_free(self.ports.get(name))
             self.procs[name] = Proc(name, [py, "-m", f"services.{name}", "--port", str(port)], env, logs / f"{name}.log",
                                     url=f"http://127.0.0.1:{port}", health="/readyz")
+        if self.worker_processes:
+            self.procs["transfer"].env = dict(env, TRANSFER_WORKERS_IN_PROCESS="0")
+        for i in range(1, self.worker_processes + 1):
+            self.procs[f"worker-{i}"] = Proc(f"worker-{i}", [py, "-m", "services.transfer", "worker"], env, logs / f"worker-{i}.log")
         holder_env = dict(env)
         if self.holder_files:
             holder_env["HOLDER_FILES"] = os.pathsep.join(str(p) for p in self.holder_files)
@@ -198,6 +205,9 @@ class Stack:
                 for p in list(pending):
                     if not p.alive():
                         raise StartError(f"{p.name} exited during start-up:\n{p.log_tail()}")
+                    if p.url is None:  # no HTTP: alive is all we can tell
+                        pending.remove(p)
+                        continue
                     try:
                         if client.get(f"{p.url}{p.health}").status_code == 200:
                             pending.remove(p)
@@ -213,6 +223,9 @@ class Stack:
         p.kill() if kill else p.stop()
         p.start()
         self.wait_ready(names=[name])
+
+    def workers(self) -> list[Proc]:
+        return [p for n, p in self.procs.items() if n.startswith("worker-")]
 
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):

@@ -61,6 +61,14 @@ class ManifestAck(BaseModel):
     sha256: str
 
 
+class Faults(BaseModel):
+    """Faults to inject (tests): every Nth batch answers 500; above ``capacity_records`` the cloud is full (507)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fail_every: int = Field(default=0, ge=0)
+    capacity_records: int | None = Field(default=None, ge=0)
+
+
 class Db:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,7 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
     expected = token or os.environ.get("CLOUD_BROKER_TOKEN", DEV_RECIPIENT_TOKEN)
     app = FastAPI(title="Reference personal cloud", version="0.1.0", description="Implements the broker's recipient import contract.")
     app.state.db = db
+    state: dict[str, Any] = {"faults": Faults(), "batch_requests": 0, "duplicates": 0}
 
     def authorised(authorization: str | None) -> bool:
         return authorization == f"Bearer {expected}"
@@ -103,9 +112,18 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
         if idempotency_key != f"{transfer_id}:{n}":
             return problem(400, "Bad Idempotency-Key", f"Idempotency-Key must be {transfer_id}:{n}")
         with db.lock:
+            state["batch_requests"] += 1
+            faults: Faults = state["faults"]
+            if faults.fail_every and state["batch_requests"] % faults.fail_every == 0:
+                return problem(500, "Internal Server Error", "injected fault")
             conn = db.conn
             if conn.execute("SELECT 1 FROM batches WHERE idempotency_key = ?", (idempotency_key,)).fetchone():
+                state["duplicates"] += 1
                 return JSONResponse({"status": "duplicate", "records": len(body.records)}, status_code=200)
+            if faults.capacity_records is not None:
+                held = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+                if held + len(body.records) > faults.capacity_records:
+                    return problem(507, "Insufficient Storage", f"no room for {len(body.records)} more records")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (idempotency_key, transfer_id, n, body.dataset, len(body.records)))
@@ -141,5 +159,14 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
         if not authorised(authorization):
             return problem(401, "Unauthorized", "a bearer token is required")
         return {"records": stored(transfer_id)}
+
+    @app.put("/dev/faults", tags=["development"])
+    def set_faults(body: Faults) -> Faults:
+        state["faults"] = body
+        return body
+
+    @app.get("/dev/stats", tags=["development"])
+    def stats() -> dict[str, int]:
+        return {"batch_requests": state["batch_requests"], "duplicates": state["duplicates"]}
 
     return app

@@ -54,10 +54,21 @@ class TokenResponse(BaseModel):
 
 
 class RecordsPage(BaseModel):
-    """One page of records; ``next_cursor`` is absent on the last page."""
+    """One page of records; ``next_cursor`` is absent on the last page; ``total`` (optional) counts all pages' records."""
 
     records: list[dict[str, Any]]
     next_cursor: str | None = None
+    total: int | None = None
+
+
+class Faults(BaseModel):
+    """Faults to inject (development and tests): every Nth export request answers 500 or 429, each page is slow."""
+
+    model_config = ConfigDict(extra="forbid")
+    fail_every: int = Field(default=0, ge=0, description="answer 500 to every Nth export request (0: never)")
+    throttle_every: int = Field(default=0, ge=0, description="answer 429 with Retry-After to every Nth request")
+    retry_after_s: int = Field(default=1, ge=0, le=60)
+    delay_s: float = Field(default=0.0, ge=0, le=30, description="seconds to wait before serving a page")
 
 
 def write_sample(directory: Path) -> list[Path]:
@@ -78,9 +89,12 @@ class Store:
         self.data: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for f in files:
             parsed = parse_file(f)
-            self.data.setdefault((parsed.subject_key, parsed.dataset_id), []).extend(parsed.records)
+            customer = parsed.subject_key or "customer-1"  # files without a meter or contract id
+            self.data.setdefault((customer, parsed.dataset_id), []).extend(parsed.records)
         self.tokens: dict[str, dict[str, Any]] = {}
         self.export_requests = 0
+        self.request_log: list[float] = []  # time.time() of each export request
+        self.faults = Faults()
         self.lock = threading.Lock()
 
     def customers(self) -> dict[str, dict[str, int]]:
@@ -124,6 +138,15 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         """A page of the token's customer's records of ``dataset``."""
         with store.lock:
             store.export_requests += 1
+            n = store.export_requests
+            store.request_log.append(time.time())
+            faults = store.faults
+        if faults.delay_s:
+            time.sleep(faults.delay_s)
+        if faults.fail_every and n % faults.fail_every == 0:
+            return problem(500, "Internal Server Error", "injected fault")
+        if faults.throttle_every and n % faults.throttle_every == 0:
+            return problem(429, "Too Many Requests", "slow down", {"Retry-After": str(faults.retry_after_s)})
         if not authorization or not authorization.startswith("Bearer "):
             return problem(401, "Unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
         grant = store.tokens.get(authorization[7:])
@@ -142,7 +165,7 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
             offset = c["o"]
         recs = store.data.get((grant["customer_id"], dataset), [])
         page = recs[offset: offset + limit]
-        body: dict[str, Any] = {"records": page}
+        body: dict[str, Any] = {"records": page, "total": len(recs)}
         if offset + limit < len(recs):
             body["next_cursor"] = _encode_cursor(grant["customer_id"], dataset, offset + limit)
         return body
@@ -167,7 +190,14 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         return {"records": store.data.get((customer_id, dataset), [])}
 
     @app.get("/dev/stats", tags=["development"])
-    def stats(request: Request) -> dict[str, int]:
-        return {"export_requests": store.export_requests}
+    def stats(request: Request) -> dict[str, Any]:
+        """How many export requests arrived, and when (Unix times)."""
+        return {"export_requests": store.export_requests, "request_times": list(store.request_log[-10000:])}
+
+    @app.put("/dev/faults", tags=["development"])
+    def set_faults(body: Faults) -> Faults:
+        """Inject faults into the export endpoint (tests and demos of failure handling)."""
+        store.faults = body
+        return body
 
     return app

@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 from . import models, service
 from .schemas import Transfer, TransferList, TransferRequest
-from .worker import make_consumer
+from .worker import make_consumers
 
 router = APIRouter(prefix="/transfers", tags=["transfers"], responses=PROBLEM_RESPONSES)
 
@@ -44,10 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     consumers: list[PullConsumer] = []
 
     async def on_start(rt: Runtime) -> None:
-        for _ in range(rt.settings.transfer_workers_in_process):
-            c = make_consumer(rt)
+        consumers.extend(await make_consumers(rt, rt.settings.transfer_workers_in_process))
+        for c in consumers:
             c.start()
-            consumers.append(c)
 
     async def on_stop(rt: Runtime) -> None:
         for c in consumers:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table
 
 from shared.outbox import outbox_table
 
@@ -25,6 +25,9 @@ transfers = Table(
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("sha256", String(64), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("total", BigInteger, nullable=True),
+    Column("rate", Float, nullable=True),
+    Column("eta_s", Float, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),

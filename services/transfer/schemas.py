@@ -20,8 +20,11 @@ class Transfer(BaseModel):
     ``consent_invalid`` (no authorised consent, or the holder refused the token),
     ``schema_violation`` (a record broke its dataset schema; ``error.position`` is its 0-based index),
     ``holder_error`` / ``recipient_error`` (a participant answered with an unexpected error),
-    ``destination_full`` (413 or 507 from the recipient), ``manifest_mismatch`` (the recipient's
-    records differ from what was sent), ``participant_inactive``, ``retries_exhausted``.
+    ``destination_full`` (413 or 507 from the recipient; ``error.delivered_records`` arrived),
+    ``manifest_mismatch`` (the recipient's records differ from what was sent),
+    ``retries_exhausted`` (transient failures outlived every retry and redelivery);
+    ``cancelled`` transfers: ``consent_revoked``, ``consent_expired``, ``participant_suspended``,
+    ``participant_revoked``.
     """
 
     id: str
@@ -37,6 +40,9 @@ class Transfer(BaseModel):
     bytes: int
     sha256: str | None = None
     attempts: int
+    total: int | None = Field(default=None, description="records the holder says it has, when it says")
+    rate_records_per_s: float | None = None
+    eta_s: float | None = Field(default=None, description="estimated seconds left, when the holder gives a total")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

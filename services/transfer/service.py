@@ -29,7 +29,7 @@ def as_dict(row: Any) -> dict[str, Any]:
         "id": row.id, "consent_id": row.consent_id, "dataset": row.dataset, "holder_id": row.holder_id,
         "recipient_id": row.recipient_id, "status": row.status, "reason": row.reason, "error": row.error,
         "batches": row.batches, "records": row.records, "bytes": row.bytes, "sha256": row.sha256,
-        "attempts": row.attempts, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
+        "attempts": row.attempts, "total": row.total, "rate_records_per_s": row.rate, "eta_s": row.eta_s, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
         "started_at": _ts(row.started_at), "finished_at": _ts(row.finished_at),
     }
 
@@ -56,7 +56,7 @@ async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[
     async with rt.db.unit_of_work() as s:
         await s.execute(models.transfers.insert().values(
             id=tid, consent_id=consent_id, dataset=dataset, holder_id=consent["holder_id"], recipient_id=consent["recipient_id"],
-            status="queued", reason=None, error=None, cursor=None, batches=0, records=0, bytes=0, sha256=None, attempts=0,
+            status="queued", reason=None, error=None, cursor=None, batches=0, records=0, bytes=0, sha256=None, attempts=0, total=None, rate=None, eta_s=None,
             created_at=now, updated_at=now,
         ))
         out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())

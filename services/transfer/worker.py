@@ -2,36 +2,49 @@
 
 For each job (../shared/DESIGN.md, "The main job", step 4):
 
-1. ``consent.check`` over NATS; an invalid consent ends the transfer ``failed/consent_invalid``
-   before any request to the holder. The check is repeated before every page, so no page is
-   read from the holder once a revocation is committed.
-2. ``registry.participant.get`` for both parties and ``registry.dataset.get`` for the record schema.
+1. ``consent.check`` over NATS; without a valid consent the transfer ends before any request
+   to the holder. The check is repeated before every holder request, and the worker also
+   listens to ``consent.events.>`` and ``registry.events.>``: once it has seen a revocation,
+   expiry or suspension it makes no further request to the holder and the transfer ends
+   ``cancelled`` with the reason.
+2. ``registry.participant.get`` for both parties and ``registry.dataset.get`` for the schema.
 3. ``consent.token.get`` for the holder access token.
-4. Pages ``GET {export}/datasets/{dataset}/records?cursor&limit`` (holder export contract); every
-   record is validated against the dataset schema; each page is pushed as one batch
-   ``PUT {import}/transfers/{id}/batches/{n}`` with ``Idempotency-Key: {id}:{n}``; after the
-   recipient's acknowledgement the cursor, counts and bytes are committed with a progress event.
-5. ``PUT {import}/transfers/{id}/manifest`` with the record count and SHA-256 (RFC 8785 records,
+4. Pages ``GET {export}/datasets/{dataset}/records?cursor&limit`` (holder export contract);
+   every record is validated against the dataset schema; each page is pushed as batch ``n``
+   with ``Idempotency-Key: {id}:{n}``; after the recipient's acknowledgement the cursor,
+   counts and bytes are committed together with a progress event.
+5. ``PUT {import}/transfers/{id}/manifest`` (record count, SHA-256 of the RFC 8785 records,
    one per line); the recipient must confirm it.
 
-A redelivered job restarts from the first page: batch numbers and cursors are stable, so the
-recipient's deduplication makes the re-run store nothing twice.
+Resuming: a job redelivered after a crash continues after the last committed batch. Since
+the broker keeps no copy of the records, the digest of the batches already delivered is
+recomputed by reading those pages again from the holder (stable cursors), without pushing
+them again; a batch that was pushed but not committed is pushed again and deduplicated by
+the recipient on its idempotency key.
+
+Failures: 5xx, 429, time-outs and connection errors are retried in place with exponential
+backoff and jitter (``Retry-After`` honoured, tenacity); when those retries run out the job
+is nak'ed and redelivered later, up to ``TRANSFER_MAX_DELIVER`` deliveries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from jsonschema import Draft202012Validator, FormatChecker
 from sqlalchemy import select
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from shared import subjects
+from shared import envelope, subjects
 from shared.canonical import RecordDigest
-from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Retry
-from shared.errors import BrokerError, NotFound, Unavailable
+from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject, Retry
+from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
 from shared.runtime import Runtime
 
@@ -39,6 +52,8 @@ from . import models
 from .service import TERMINAL, as_dict, event_data
 
 log = logging.getLogger("services.transfer.worker")
+
+END = ""  # stored cursor once the holder has served its last page
 
 
 class TransferEnded(Exception):
@@ -49,6 +64,75 @@ class TransferEnded(Exception):
         self.status, self.reason, self.error = status, reason, error
 
 
+class Transient(Exception):
+    """A participant answered 5xx/429 or could not be reached; ``retry_after`` in seconds if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, *, cap: float = 60.0) -> float | None:
+    """``Retry-After`` (RFC 9110 section 10.2.3: delay-seconds or HTTP-date) in seconds, capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min((when - datetime.now(UTC)).total_seconds(), cap))
+
+
+class Cancellations:
+    """What this worker process has heard on ``consent.events`` and ``registry.events``."""
+
+    def __init__(self) -> None:
+        self.consents: dict[str, str] = {}  # consent id -> reason
+        self.participants: dict[str, str] = {}  # participant id -> reason
+
+    def reason_for(self, row: Any) -> str | None:
+        if row.consent_id in self.consents:
+            return self.consents[row.consent_id]
+        for pid in (row.holder_id, row.recipient_id):
+            if pid in self.participants:
+                return self.participants[pid]
+        return None
+
+    async def listen(self, rt: Runtime) -> None:
+        bus = rt.require_bus()
+
+        async def on_consent(msg: Any) -> None:
+            try:
+                env = envelope.decode(msg.data)
+            except InvalidInput:
+                return
+            consent = env["data"].get("consent") or {}
+            status = env["type"].rsplit(".", 1)[-1]
+            if status in ("revoked", "expired") and consent.get("id"):
+                self.consents[consent["id"]] = f"consent_{status}"
+            elif status == "authorised" and consent.get("id"):
+                self.consents.pop(consent["id"], None)
+
+        async def on_registry(msg: Any) -> None:
+            try:
+                env = envelope.decode(msg.data)
+            except InvalidInput:
+                return
+            p = env["data"].get("participant") or {}
+            if not p.get("id"):
+                return
+            if p.get("status") in ("suspended", "revoked"):
+                self.participants[p["id"]] = f"participant_{p['status']}"
+            else:
+                self.participants.pop(p["id"], None)
+
+        await bus.nc.subscribe(f"{subjects.CONSENT_EVENTS}.>", cb=on_consent)
+        await bus.nc.subscribe(f"{subjects.REGISTRY_EVENTS}.>", cb=on_registry)
+
+
 def consumer_spec(rt: Runtime) -> ConsumerSpec:
     s = rt.settings
     return ConsumerSpec(
@@ -57,9 +141,15 @@ def consumer_spec(rt: Runtime) -> ConsumerSpec:
     )
 
 
-def make_consumer(rt: Runtime) -> PullConsumer:
-    worker = TransferWorker(rt)
-    return PullConsumer(rt.require_bus(), consumer_spec(rt), worker.handle, fetch_timeout_s=rt.settings.transfer_fetch_timeout_s)
+async def make_consumers(rt: Runtime, count: int) -> list[PullConsumer]:
+    """``count`` pull consumers sharing the durable, and the cancellation listener they share."""
+    cancellations = Cancellations()
+    await cancellations.listen(rt)
+    out = []
+    for _ in range(count):
+        worker = TransferWorker(rt, cancellations)
+        out.append(PullConsumer(rt.require_bus(), consumer_spec(rt), worker.handle, fetch_timeout_s=rt.settings.transfer_fetch_timeout_s))
+    return out
 
 
 def _problem_of(resp: httpx.Response) -> str:
@@ -73,18 +163,15 @@ def _problem_of(resp: httpx.Response) -> str:
 
 
 class TransferWorker:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, cancellations: Cancellations | None = None) -> None:
         self.rt = rt
         self.bus = rt.require_bus()
+        self.cancellations = cancellations or Cancellations()
 
     async def handle(self, env: dict[str, Any], delivery: Delivery) -> None:
-        job = env["data"]
-        tid = job["transfer_id"]
-        async with self.rt.db.sessions() as s:
-            row = (await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).first()
+        tid = env["data"]["transfer_id"]
+        row = await self._load(tid)
         if row is None:
-            from shared.consumer import Reject
-
             raise Reject(f"unknown transfer {tid}")
         if row.status in TERMINAL:
             return
@@ -92,20 +179,31 @@ class TransferWorker:
             await self._run(row, env, delivery)
         except TransferEnded as end:
             await self._finish(tid, end.status, reason=end.reason, error=end.error)
-        except (Retry, Unavailable, httpx.TransportError) as exc:
-            reason = exc.reason if isinstance(exc, Retry) else str(exc)
+        except (Transient, Unavailable, httpx.TransportError) as exc:
+            reason = str(exc) or type(exc).__name__
             if delivery.last_attempt:
-                await self._finish(tid, "failed", reason="retries_exhausted", error={"message": reason, "attempts": delivery.number})
+                await self._finish(tid, "failed", reason="retries_exhausted", error={"message": reason, "deliveries": delivery.number})
                 return
-            await self._update(tid, error={"message": reason, "attempt": delivery.number})
+            await self._update(tid, error={"message": reason, "delivery": delivery.number})
             raise Retry(reason, delay=min(2.0 ** delivery.number, 30.0)) from None
 
-    async def _valid_consent(self, row: Any, correlation_id: str) -> None:
-        check = await self.bus.request(subjects.CONSENT_CHECK, {"consent_id": row.consent_id, "dataset": row.dataset},
-                                       correlation_id=correlation_id)
+    async def _load(self, tid: str) -> Any:
+        async with self.rt.db.sessions() as s:
+            return (await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).first()
+
+    # ---- checks ------------------------------------------------------------------------
+
+    async def _guard(self, row: Any, corr: str) -> None:
+        """Before every request to the holder: cancelled by an event? consent still valid?"""
+        reason = self.cancellations.reason_for(row)
+        if reason:
+            raise TransferEnded("cancelled", reason, {"message": f"stopped: {reason.replace('_', ' ')}"})
+        check = await self.bus.request(subjects.CONSENT_CHECK, {"consent_id": row.consent_id, "dataset": row.dataset}, correlation_id=corr)
         if not check["valid"]:
-            raise TransferEnded("failed" if row.batches == 0 else "cancelled", "consent_invalid",
-                                {"message": f"consent is not valid: {check['reason']}", "consent_reason": check["reason"]})
+            why = {"not_authorised": f"consent_{check.get('status')}", "expired": "consent_expired"}.get(check["reason"], "consent_invalid")
+            if why in ("consent_revoked", "consent_expired"):
+                raise TransferEnded("cancelled", why, {"message": f"stopped: consent is {check.get('status')}"})
+            raise TransferEnded("failed", "consent_invalid", {"message": f"consent is not valid: {check['reason']}", "consent_reason": check["reason"]})
 
     async def _participant(self, pid: str, corr: str) -> dict[str, Any]:
         try:
@@ -113,56 +211,103 @@ class TransferWorker:
         except NotFound:
             raise TransferEnded("failed", "participant_inactive", {"message": f"participant {pid} is not registered"}) from None
         if p["status"] != "active":
-            raise TransferEnded("cancelled", "participant_inactive", {"message": f"participant {pid} is {p['status']}"})
+            raise TransferEnded("cancelled", f"participant_{p['status']}", {"message": f"participant {pid} is {p['status']}"})
         return p
+
+    # ---- HTTP with retries -------------------------------------------------------------
+
+    async def _call(self, client: httpx.Client | Any, method: str, url: str, *, before: Any = None, **kwargs: Any) -> httpx.Response:
+        """One HTTP call with in-place retries of transient failures (tenacity; Retry-After honoured)."""
+        s = self.rt.settings
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, Transient) and exc.retry_after is not None:
+                return exc.retry_after
+            import random
+
+            return min(s.transfer_retry_max_s, s.transfer_retry_initial_s * 2 ** (state.attempt_number - 1)) * (0.5 + random.random() / 2)
+
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(s.transfer_http_attempts), wait=wait,
+                                           retry=retry_if_exception_type((Transient, httpx.TransportError)), reraise=True):
+            with attempt:
+                if before is not None:
+                    await before()
+                resp = await client.request(method, url, **kwargs)
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    if resp.status_code == 507:
+                        return resp
+                    raise Transient(f"{method} {url.split('?')[0]} answered {resp.status_code}",
+                                    retry_after_seconds(resp.headers.get("Retry-After")))
+                return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _page(self, client: Any, row: Any, export: str, token: str, cursor: str | None, corr: str) -> tuple[list[Any], str | None, int | None]:
+        params: dict[str, Any] = {"limit": self.rt.settings.transfer_page_limit}
+        if cursor:
+            params["cursor"] = cursor
+        resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
+                                headers={"Authorization": f"Bearer {token}", "X-Correlation-Id": corr},
+                                before=lambda: self._guard(row, corr))
+        if resp.status_code in (401, 403):
+            raise TransferEnded("failed", "consent_invalid", {"message": f"holder refused the token ({resp.status_code}): {_problem_of(resp)}"})
+        if resp.status_code != 200:
+            raise TransferEnded("failed", "holder_error", {"message": f"holder answered {resp.status_code}: {_problem_of(resp)}"})
+        try:
+            page = resp.json()
+            records = page["records"]
+            next_cursor = page.get("next_cursor")
+            total = page.get("total")
+            if not isinstance(records, list) or (next_cursor is not None and not isinstance(next_cursor, str)):
+                raise TypeError("records must be a list and next_cursor a string")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TransferEnded("failed", "holder_error", {"message": f"holder page is not a records page: {exc}"}) from None
+        return records, (next_cursor or None), (total if isinstance(total, int) else None)
+
+    # ---- the transfer ------------------------------------------------------------------
 
     async def _run(self, row: Any, env: dict[str, Any], delivery: Delivery) -> None:
         corr = env["correlation_id"]
         tid = row.id
-        await self._valid_consent(row, corr)
+        await self._guard(row, corr)
         holder = await self._participant(row.holder_id, corr)
         recipient = await self._participant(row.recipient_id, corr)
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
         validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker())
         try:
-            token = await self.bus.request(subjects.CONSENT_TOKEN_GET, {"consent_id": row.consent_id}, correlation_id=corr)
+            token = (await self.bus.request(subjects.CONSENT_TOKEN_GET, {"consent_id": row.consent_id}, correlation_id=corr))["access_token"]
         except BrokerError as exc:
             if isinstance(exc, Unavailable):
                 raise
             raise TransferEnded("failed", "consent_invalid", {"message": exc.detail}) from None
-        await self._start(tid, attempt=delivery.number)
 
-        settings = self.rt.settings
+        s = self.rt.settings
         export = holder["export_base_url"].rstrip("/")
         imp = recipient["import_base_url"].rstrip("/")
+        recipient_headers = {"Authorization": f"Bearer {s.broker_recipient_token}", "X-Correlation-Id": corr}
         digest = RecordDigest()
-        cursor: str | None = None
-        batch = 0
-        recipient_headers = {"Authorization": f"Bearer {settings.broker_recipient_token}"}
-        async with httpx.AsyncClient(timeout=settings.transfer_http_timeout_s) as client:
-            while True:
+        async with httpx.AsyncClient(timeout=s.transfer_http_timeout_s) as client:
+            batch, cursor = 0, None
+            resuming = row.status == "running" and row.batches > 0 and row.cursor is not None
+            await self._start(tid, attempt=delivery.number, resume=resuming)
+            if resuming:
+                # recompute the digest of what was delivered, reading (not pushing) those pages again
+                for _ in range(row.batches):
+                    await delivery.heartbeat()
+                    records, cursor, _total = await self._page(client, row, export, token, cursor, corr)
+                    digest.update(records)
+                    batch += 1
+                if digest.count != row.records or (cursor or END) != row.cursor:
+                    log.warning("transfer %s: holder pages changed since the crash; starting again", tid)
+                    digest, batch, cursor = RecordDigest(), 0, None
+                else:
+                    log.info("transfer %s resumes after batch %d (%d records)", tid, batch, digest.count)
+            done = resuming and batch > 0 and row.cursor == END
+            started = time.monotonic()
+            sent_at_start = digest.count
+            while not done:
                 await delivery.heartbeat()
-                if batch > 0:
-                    await self._valid_consent(row, corr)
-                params: dict[str, Any] = {"limit": settings.transfer_page_limit}
-                if cursor:
-                    params["cursor"] = cursor
-                resp = await client.get(f"{export}/datasets/{row.dataset}/records", params=params,
-                                        headers={"Authorization": f"Bearer {token['access_token']}", "X-Correlation-Id": corr})
-                if resp.status_code in (401, 403):
-                    raise TransferEnded("failed", "consent_invalid", {"message": f"holder refused the token ({resp.status_code}): {_problem_of(resp)}"})
-                if resp.status_code >= 500 or resp.status_code == 429:
-                    raise Retry(f"holder answered {resp.status_code}", delay=float(resp.headers.get("Retry-After", "1") or 1))
-                if resp.status_code != 200:
-                    raise TransferEnded("failed", "holder_error", {"message": f"holder answered {resp.status_code}: {_problem_of(resp)}"})
-                try:
-                    page = resp.json()
-                    records = page["records"]
-                    next_cursor = page.get("next_cursor")
-                    if not isinstance(records, list) or (next_cursor is not None and not isinstance(next_cursor, str)):
-                        raise TypeError("records must be a list and next_cursor a string")
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise TransferEnded("failed", "holder_error", {"message": f"holder page is not a records page: {exc}"}) from None
+                records, next_cursor, total = await self._page(client, row, export, token, cursor, corr)
                 for i, record in enumerate(records):
                     err = next(iter(validator.iter_errors(record)), None)
                     if err is not None:
@@ -174,31 +319,33 @@ class TransferWorker:
                 if records:
                     batch += 1
                     await delivery.heartbeat()
-                    put = await client.put(f"{imp}/transfers/{tid}/batches/{batch}", json={"dataset": row.dataset, "records": records},
-                                           headers={**recipient_headers, "Idempotency-Key": f"{tid}:{batch}", "X-Correlation-Id": corr})
+                    put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/batches/{batch}", json={"dataset": row.dataset, "records": records},
+                                           headers={**recipient_headers, "Idempotency-Key": f"{tid}:{batch}"})
                     if put.status_code in (413, 507):
-                        raise TransferEnded("failed", "destination_full", {"message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch})
-                    if put.status_code >= 500 or put.status_code == 429:
-                        raise Retry(f"recipient answered {put.status_code}", delay=float(put.headers.get("Retry-After", "1") or 1))
+                        raise TransferEnded("failed", "destination_full", {
+                            "message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch,
+                            "delivered_records": digest.count})
                     if put.status_code not in (200, 201):
                         raise TransferEnded("failed", "recipient_error", {"message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch})
                     digest.update(records)
-                    await self._progress(tid, cursor=next_cursor, batches=batch, records=digest.count, nbytes=digest.bytes)
-                if not next_cursor:
-                    break
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    rate = (digest.count - sent_at_start) / elapsed
+                    eta = (total - digest.count) / rate if total and rate > 0 and total >= digest.count else None
+                    await self._progress(tid, cursor=next_cursor if next_cursor else END, batches=batch, records=digest.count,
+                                         nbytes=digest.bytes, rate=rate, eta_s=eta, total=total)
+                done = next_cursor is None
                 cursor = next_cursor
             manifest = {"dataset": row.dataset, "records": digest.count, "sha256": digest.hexdigest(), "batches": batch}
-            put = await client.put(f"{imp}/transfers/{tid}/manifest", json=manifest, headers={**recipient_headers, "X-Correlation-Id": corr})
-            if put.status_code >= 500:
-                raise Retry(f"recipient answered {put.status_code} to the manifest")
+            put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/manifest", json=manifest, headers=recipient_headers)
             body: dict[str, Any] = {}
             try:
                 body = put.json()
             except ValueError:
                 pass
-            if put.status_code != 200 or not body.get("match"):
-                raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({put.status_code})", "manifest": manifest, "recipient": body})
-        await self._finish(tid, "completed", sha256=digest.hexdigest())
+            if put.status_code != 200 or not isinstance(body, dict) or body.get("match") is not True:
+                raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({put.status_code})",
+                                                                     "manifest": manifest, "recipient": body if isinstance(body, dict) else None})
+        await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes)
 
     # ---- state changes (each with its event, in one transaction) ----------------------
 
@@ -206,29 +353,45 @@ class TransferWorker:
         async with self.rt.db.unit_of_work() as s:
             await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(updated_at=datetime.now(UTC), **values))
 
-    async def _start(self, tid: str, *, attempt: int) -> None:
+    async def _start(self, tid: str, *, attempt: int, resume: bool) -> None:
         now = datetime.now(UTC)
+        values: dict[str, Any] = {"status": "running", "updated_at": now, "attempts": attempt, "error": None}
+        if not resume:
+            values |= {"started_at": now, "cursor": None, "batches": 0, "records": 0, "bytes": 0}
         async with self.rt.db.unit_of_work() as s:
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(
-                status="running", started_at=now, updated_at=now, attempts=attempt, cursor=None, batches=0, records=0, bytes=0, error=None))
+            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(**values))
             out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
-            await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.started", "transfer.events.started", event_data(out))
+            kind = "resumed" if resume else "started"
+            await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.{kind}", f"transfer.events.{kind}", event_data(out))
         self.rt.events_committed()
 
-    async def _progress(self, tid: str, *, cursor: str | None, batches: int, records: int, nbytes: int) -> None:
+    async def _progress(self, tid: str, *, cursor: str, batches: int, records: int, nbytes: int, rate: float, eta_s: float | None, total: int | None) -> None:
         async with self.rt.db.unit_of_work() as s:
             await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(
-                cursor=cursor, batches=batches, records=records, bytes=nbytes, updated_at=datetime.now(UTC)))
+                cursor=cursor, batches=batches, records=records, bytes=nbytes, total=total,
+                rate=round(rate, 3), eta_s=round(eta_s, 3) if eta_s is not None else None, updated_at=datetime.now(UTC)))
             await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.progress", "transfer.events.progress",
-                            {"transfer_id": tid, "batches": batches, "records": records, "bytes": nbytes})
+                            {"transfer_id": tid, "batches": batches, "pages": batches, "records": records, "bytes": nbytes,
+                             "total": total, "rate_records_per_s": round(rate, 3), "eta_s": round(eta_s, 3) if eta_s is not None else None})
         self.rt.events_committed()
 
-    async def _finish(self, tid: str, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None, sha256: str | None = None) -> None:
+    async def _finish(self, tid: str, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None,
+                      sha256: str | None = None, records: int | None = None, nbytes: int | None = None) -> None:
         now = datetime.now(UTC)
+        values: dict[str, Any] = {"status": status, "reason": reason, "error": error, "sha256": sha256, "finished_at": now,
+                                  "updated_at": now, "eta_s": None}
+        if records is not None:
+            values |= {"records": records, "bytes": nbytes}
         async with self.rt.db.unit_of_work() as s:
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(
-                status=status, reason=reason, error=error, sha256=sha256, finished_at=now, updated_at=now))
+            current = (await s.execute(select(models.transfers.c.status).where(models.transfers.c.id == tid).with_for_update())).scalar_one()
+            if current in TERMINAL:
+                return
+            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(**values))
             out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
             await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", event_data(out))
         self.rt.events_committed()
         log.info("transfer %s %s%s", tid, status, f" ({reason})" if reason else "")
+
+
+async def sleep_forever() -> None:  # pragma: no cover - used by the worker command
+    await asyncio.Event().wait()

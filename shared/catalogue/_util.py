@@ -201,7 +201,7 @@ def control_characters(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``control_character`` for every string holding a C0/C1 control character (tab, CR, LF excepted).
 
     Such characters are usually a mis-decoded symbol: U+0080 is the Windows-1252 byte of '€' read
-    as Latin-1 (MAIF ``patrimoineMobilier`` ``"3 501 à 6 800 \x80"``). The value is kept verbatim."""
+    as Latin-1 (MAIF ``patrimoineMobilier`` "3 501 à 6 800 " + U+0080). The value is kept verbatim."""
     out: list[dict[str, Any]] = []
 
     def walk(i: int, value: Any, path: str) -> None:

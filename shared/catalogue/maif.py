@@ -29,7 +29,7 @@ Quirks and decisions (``quirks()`` codes in brackets):
 - the member number is ``"1234567"`` in contract/home/payment terms and ``"1234567N"`` in the
   claims and ``referenceClient``: kept as served, not reconciled;
 - claim ``timestamp`` is local time without zone or seconds (``2015-07-20T19:00``): accepted;
-- home ``patrimoineMobilier`` is ``"3 501 à 6 800 \x80"``: the '€' was mis-decoded into the C1
+- home ``patrimoineMobilier`` is "3 501 à 6 800 " + U+0080: the '€' was mis-decoded into the C1
   control character U+0080 (its Windows-1252 byte read as Latin-1). Kept verbatim (no
   "repair" to '€'), flagged [``control_character``, a check run on every dataset type];
 - label strings keep their stray spaces (``"à  titre"``); empty

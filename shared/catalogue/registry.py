@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from . import bills, enedis_mesures2026, enedis_v5, enedis_v5_customers, greenbutton_espi, grdf_adict_v2, maif, orange_mesinfos, water
-from ._util import by_position, control_characters
+from ._util import by_position, control_characters, daily_series, invalid_dates
 
 
 class UnknownFormat(ValueError):
-    """The file is not in any format the catalogue can read."""
+    """The file is not in any format the catalogue can read, or is in one but refused (see the type's quirks)."""
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,10 @@ PARSERS: list[Callable[[Any, Path], ParsedFile | None]] = [
 
 
 def _enedis_v5_daily_quirks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from ._util import daily_series
-
     return daily_series(records, lambda r: r.get("date"), lambda r: r.get("value"), "date", "value")
 
 
 def _enedis_v5_load_curve_quirks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from ._util import invalid_dates
-
     return invalid_dates(records, ["date"])
 
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INPUT ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test test-unit test-e2e bench contracts clean
+.PHONY: install run demo test test-unit bench contracts clean
 
 install: $(STAMP)
 
@@ -32,3 +32,6 @@ contracts: install
 
 clean:
 	rm -rf var .pytest_cache
+
+bench: install
+	$(PY) -m benchmarks.transfer

@@ -72,6 +72,7 @@ class Bus:
                 reconnect_time_wait=0.5,
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
+                drain_timeout=3,
                 error_cb=error_cb,
                 closed_cb=closed_cb,
             )
@@ -86,9 +87,10 @@ class Bus:
             task.cancel()
         if self.nc.is_connected:
             try:
-                await self.nc.drain()
-            except Exception:  # pragma: no cover - best effort at shutdown
-                await self.nc.close()
+                await asyncio.wait_for(self.nc.drain(), timeout=4)
+            except Exception:  # best effort at shutdown: a drain can stall on pull subscriptions
+                if not self.nc.is_closed:
+                    await self.nc.close()
         elif not self.nc.is_closed:
             await self.nc.close()
 

@@ -122,5 +122,52 @@ def run(
     sys.exit(0)
 
 
+transfer_app = typer.Typer(add_completion=False, help="Transfers.")
+app.add_typer(transfer_app, name="transfer")
+
+
+@transfer_app.command("watch")
+def transfer_watch(
+    transfer_id: str = typer.Argument(..., help="the transfer id"),
+    url: str = typer.Option(os.environ.get("TRANSFER_URL", "http://127.0.0.1:8103"), help="the transfer service"),
+    interval: float = typer.Option(0.5, min=0.05, help="seconds between two looks"),
+) -> None:
+    """Show a transfer's progress (records, bytes, rate, ETA) until it ends; exit 0 if it completed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with httpx.Client(timeout=10) as client:
+        def fetch() -> dict[str, object]:
+            try:
+                r = client.get(f"{url}/transfers/{transfer_id}")
+            except httpx.HTTPError as exc:
+                console.print(f"[red]cannot reach {url}: {exc}[/red]")
+                raise typer.Exit(2) from None
+            if r.status_code == 404:
+                console.print(f"[red]no transfer {transfer_id}[/red]")
+                raise typer.Exit(2)
+            r.raise_for_status()
+            return dict(r.json())
+
+        t = fetch()
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.fields[total_text]} records"),
+                   TextColumn("{task.fields[mb]:.2f} MB"), TextColumn("{task.fields[rate]:,.0f} rec/s"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(str(t["status"]), total=None, total_text="?", mb=0.0, rate=0.0)
+            while True:
+                total = t.get("total")
+                progress.update(task, description=str(t["status"]), completed=float(t["records"]),  # type: ignore[arg-type]
+                                total=float(total) if total else None, total_text=f"{total:,}" if total else "?",  # type: ignore[str-format]
+                                mb=float(t["bytes"]) / 1e6, rate=float(t.get("rate_records_per_s") or 0.0))  # type: ignore[arg-type]
+                if t["status"] in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(interval)
+                t = fetch()
+    line = f"transfer {transfer_id} {t['status']}: {t['records']} records, {t['bytes']} bytes"
+    if t.get("reason"):
+        line += f" ({t['reason']}: {(t.get('error') or {}).get('message', '')})"  # type: ignore[union-attr]
+    console.print(line)
+    raise typer.Exit(0 if t["status"] == "completed" else 1)
+
+
 if __name__ == "__main__":
     app()

@@ -44,6 +44,10 @@ class Reject(Exception):
         self.reason = reason
 
 
+class Release(Exception):
+    """Give the message back now (the worker is stopping); it is redelivered at once to another worker."""
+
+
 @dataclass
 class Delivery:
     """What the handler may do with the message it is working on."""
@@ -51,6 +55,12 @@ class Delivery:
     msg: Msg
     number: int  # 1 for the first delivery
     max_deliver: int
+    stopping_event: asyncio.Event | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker was asked to stop: release the message at the next safe point."""
+        return bool(self.stopping_event and self.stopping_event.is_set())
 
     async def heartbeat(self) -> None:
         """Tell the server we are still working (resets ack_wait, N9)."""
@@ -153,7 +163,7 @@ class PullConsumer:
 
     async def _process(self, msg: Msg) -> None:
         number = msg.metadata.num_delivered if msg.metadata else 1
-        delivery = Delivery(msg=msg, number=number, max_deliver=self.spec.max_deliver)
+        delivery = Delivery(msg=msg, number=number, max_deliver=self.spec.max_deliver, stopping_event=self._stopping)
         ctx = telemetry.extract_context(msg.headers)
         with telemetry.tracer().start_as_current_span(f"{self.spec.filter_subject} process", context=ctx, kind=SpanKind.CONSUMER):
             try:
@@ -165,6 +175,9 @@ class PullConsumer:
                 await self.handler(env, delivery)
             except Reject as exc:
                 await self._reject(msg, exc.reason, number)
+                return
+            except Release:
+                await self._nak(msg, 0)
                 return
             except asyncio.CancelledError:
                 await self._nak(msg, 0)

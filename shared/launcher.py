@@ -227,8 +227,18 @@ class Stack:
     def workers(self) -> list[Proc]:
         return [p for n, p in self.procs.items() if n.startswith("worker-")]
 
-    def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            p.stop()
+    def stop(self, timeout: float = 12.0) -> None:
+        """SIGTERM every process at once, wait up to ``timeout`` s, then SIGKILL what is left."""
+        running = [p for p in self.procs.values() if p.alive()]
+        for p in running:
+            assert p.popen is not None
+            p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in running:
+            assert p.popen is not None
+            try:
+                p.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
         if self.nats:
             self.nats.stop()

@@ -103,17 +103,22 @@ class OutboxRelay:
                 ).all()
             if not rows:
                 return published
-            for row in rows:
-                try:
-                    await self.bus.publish(row.subject, row.envelope.encode("utf-8"), msg_id=row.id, headers=dict(row.headers or {}))
-                except Unavailable:
-                    log.warning("outbox: NATS unavailable, %s stays pending", row.id)
-                    return published
-                async with self.db.unit_of_work() as session:
-                    await session.execute(
-                        update(self.table).where(self.table.c.seq == row.seq).values(published_at=datetime.now(UTC))
-                    )
-                published += 1
+            done: list[int] = []
+            try:
+                for row in rows:
+                    try:
+                        await self.bus.publish(row.subject, row.envelope.encode("utf-8"), msg_id=row.id, headers=dict(row.headers or {}))
+                    except Unavailable:
+                        log.warning("outbox: NATS unavailable, %s stays pending", row.id)
+                        return published
+                    done.append(row.seq)
+            finally:
+                if done:  # one transaction marks the whole batch published
+                    async with self.db.unit_of_work() as session:
+                        await session.execute(
+                            update(self.table).where(self.table.c.seq.in_(done)).values(published_at=datetime.now(UTC))
+                        )
+                    published += len(done)
 
 
 def loads(text: str) -> dict[str, Any]:

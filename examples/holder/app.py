@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Form, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,9 +48,12 @@ class TokenRequest(BaseModel):
 
 
 class TokenResponse(BaseModel):
+    """RFC 6749 section 5.1 token response."""
+
     access_token: str
     token_type: str = "Bearer"
     expires_in: int
+    refresh_token: str | None = None
 
 
 class RecordsPage(BaseModel):
@@ -92,6 +95,7 @@ class Store:
             customer = parsed.subject_key or "customer-1"  # files without a meter or contract id
             self.data.setdefault((customer, parsed.dataset_id), []).extend(parsed.records)
         self.tokens: dict[str, dict[str, Any]] = {}
+        self.refresh_tokens: dict[str, dict[str, Any]] = {}
         self.export_requests = 0
         self.request_log: list[float] = []  # time.time() of each export request
         self.faults = Faults()
@@ -175,9 +179,38 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         """Development stand-in for the holder's OAuth server: a bearer token of ``customer_id`` for ``datasets``."""
         if body.customer_id not in store.customers():
             return problem(404, "Not found", f"no customer {body.customer_id}")
-        token = secrets.token_urlsafe(32)
-        store.tokens[token] = {"customer_id": body.customer_id, "datasets": list(body.datasets), "expires_at": time.time() + body.expires_in}
-        return {"access_token": token, "token_type": "Bearer", "expires_in": body.expires_in}
+        return issue({"customer_id": body.customer_id, "datasets": list(body.datasets)}, body.expires_in)
+
+    def issue(grant: dict[str, Any], expires_in: int) -> dict[str, Any]:
+        token, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with store.lock:
+            store.tokens[token] = dict(grant, expires_at=time.time() + expires_in)
+            store.refresh_tokens[refresh] = dict(grant, expires_in=expires_in)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": refresh}
+
+    @app.post("/oauth/token", response_model=TokenResponse, response_model_exclude_none=True, tags=["oauth"])
+    def token_endpoint(grant_type: str = Form(max_length=64), refresh_token: str | None = Form(default=None, max_length=512)) -> Any:
+        """OAuth 2.0 token endpoint, refresh grant (RFC 6749 section 6); refresh tokens rotate."""
+        headers = {"Cache-Control": "no-store"}
+        if grant_type != "refresh_token":
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400, headers=headers)
+        with store.lock:
+            grant = store.refresh_tokens.pop(refresh_token or "", None)
+        if grant is None:
+            return JSONResponse({"error": "invalid_grant", "error_description": "unknown or used refresh token"}, status_code=400, headers=headers)
+        expires_in = int(grant.pop("expires_in"))
+        return JSONResponse(issue(grant, expires_in), headers=headers)
+
+    @app.post("/dev/expire-tokens", tags=["development"])
+    def expire_tokens(refresh_too: bool = False) -> dict[str, int]:
+        """Expire every access token now (and, with ``refresh_too``, forget every refresh token)."""
+        with store.lock:
+            for grant in store.tokens.values():
+                grant["expires_at"] = 0
+            n = len(store.tokens)
+            if refresh_too:
+                store.refresh_tokens.clear()
+        return {"expired": n}
 
     @app.get("/dev/customers", tags=["development"])
     def customers() -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 
 from shared import subjects
 from shared.crypto import SecretBox
-from shared.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Unprocessable
 from shared.outbox import add_event
 from shared.runtime import Runtime
 
@@ -184,8 +187,15 @@ async def check(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]
     return {"valid": True, "reason": None, "status": row.status, "consent": c}
 
 
-async def holder_token(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
-    """The holder access token of an authorised consent. Raises NotFound or Conflict (not authorised)."""
+_refresh_locks: dict[str, asyncio.Lock] = {}
+REFRESH_MARGIN_S = 30
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def _token_row(rt: Runtime, consent_id: str) -> tuple[Any, Any]:
     async with rt.db.sessions() as s:
         row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
         if row is None:
@@ -195,6 +205,60 @@ async def holder_token(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
         tok = (await s.execute(select(models.holder_tokens).where(models.holder_tokens.c.consent_id == consent_id))).first()
     if tok is None:
         raise Conflict(f"consent {consent_id} has no holder token")
-    token = SecretBox(rt.settings.token_encryption_key).open(tok.sealed, aad=consent_id)
+    return row, tok
+
+
+def _answer(token: dict[str, Any], tok: Any) -> dict[str, Any]:
     return {"access_token": token["access_token"], "token_type": token.get("token_type", "Bearer"),
             "expires_at": _aware(tok.expires_at).isoformat() if tok.expires_at else None}
+
+
+async def holder_token(rt: Runtime, *, consent_id: str, refresh: bool = False, rejected_token_sha256: str | None = None) -> dict[str, Any]:
+    """The holder access token of an authorised consent, refreshed at the holder when it is near
+    expiry or when ``refresh`` is asked (RFC 6749 section 6; one refresh per consent at a time).
+
+    Raises NotFound, Conflict (consent not authorised, no token), Forbidden with
+    ``reason: refresh_refused`` when the holder refuses the refresh, Unavailable when the holder
+    or the registry cannot be reached.
+    """
+    box = SecretBox(rt.settings.token_encryption_key)
+    row, tok = await _token_row(rt, consent_id)
+    token = box.open(tok.sealed, aad=consent_id)
+    near_expiry = tok.expires_at is not None and (_aware(tok.expires_at) - datetime.now(UTC)).total_seconds() < REFRESH_MARGIN_S
+    if not (refresh or near_expiry):
+        return _answer(token, tok)
+    lock = _refresh_locks.setdefault(consent_id, asyncio.Lock())
+    async with lock:
+        row, tok = await _token_row(rt, consent_id)
+        token = box.open(tok.sealed, aad=consent_id)
+        if rejected_token_sha256 and _sha(token["access_token"]) != rejected_token_sha256:
+            return _answer(token, tok)  # somebody refreshed it meanwhile
+        if not token.get("refresh_token"):
+            raise Forbidden("the holder token expired and there is no refresh token", reason="refresh_refused")
+        holder = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": row.holder_id})
+        if not holder.get("oauth_token_url"):
+            raise Forbidden(f"holder {row.holder_id} has no token endpoint in the registry", reason="refresh_refused")
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                resp = await client.post(holder["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"holder token endpoint unreachable: {type(exc).__name__}") from None
+        if resp.status_code >= 500:
+            raise Unavailable(f"holder token endpoint answered {resp.status_code}")
+        try:
+            new = resp.json()
+        except ValueError:
+            new = {}
+        if resp.status_code != 200 or not isinstance(new, dict) or not new.get("access_token"):
+            error = new.get("error") if isinstance(new, dict) else None
+            raise Forbidden(f"the holder refused to refresh the token ({resp.status_code} {error or ''})".strip(), reason="refresh_refused")
+        merged = {"access_token": new["access_token"], "token_type": new.get("token_type", "Bearer"),
+                  "refresh_token": new.get("refresh_token") or token["refresh_token"], "expires_in": new.get("expires_in")}
+        expires_at = datetime.now(UTC) + timedelta(seconds=int(new["expires_in"])) if new.get("expires_in") else None
+        async with rt.db.unit_of_work() as s:
+            # compare-and-set: only replace the token we refreshed
+            await s.execute(models.holder_tokens.update().where(models.holder_tokens.c.consent_id == consent_id)
+                            .where(models.holder_tokens.c.sealed == tok.sealed)
+                            .values(sealed=box.seal(merged, aad=consent_id), expires_at=expires_at))
+        row, tok = await _token_row(rt, consent_id)
+        return _answer(box.open(tok.sealed, aad=consent_id), tok)

@@ -20,6 +20,7 @@ class ParticipantIn(BaseModel):
     roles: list[Role] = Field(min_length=1, max_length=2)
     export_base_url: str | None = Field(default=None, max_length=500)
     import_base_url: str | None = Field(default=None, max_length=500)
+    oauth_token_url: str | None = Field(default=None, max_length=500, description="a holder's OAuth 2.0 token endpoint (refresh of tokens)")
     datasets_offered: list[str] = Field(default_factory=list, max_length=100)
     datasets_accepted: list[str] = Field(default_factory=list, max_length=100)
 

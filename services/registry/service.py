@@ -29,6 +29,7 @@ def _participant(row: Any) -> dict[str, Any]:
         "status_reason": row.status_reason,
         "export_base_url": row.export_base_url,
         "import_base_url": row.import_base_url,
+        "oauth_token_url": row.oauth_token_url,
         "datasets_offered": list(row.datasets_offered),
         "datasets_accepted": list(row.datasets_accepted),
         "created_at": row.created_at.isoformat(),
@@ -63,6 +64,7 @@ async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
     dev = rt.settings.environment == "development"
     _check_url(body.get("export_base_url"), "export_base_url", development=dev)
     _check_url(body.get("import_base_url"), "import_base_url", development=dev)
+    _check_url(body.get("oauth_token_url"), "oauth_token_url", development=dev)
     wanted = set(body.get("datasets_offered", [])) | set(body.get("datasets_accepted", []))
     if wanted:
         async with rt.db.sessions() as s:
@@ -80,7 +82,7 @@ async def register_participant(rt: Runtime, *, body: dict[str, Any], participant
     await _validate_participant(rt, body)
     pid = participant_id or body.get("id") or uuid.uuid4().hex
     now = datetime.now(UTC)
-    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url")}
+    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url")}
     values["datasets_offered"] = list(body.get("datasets_offered", []))
     values["datasets_accepted"] = list(body.get("datasets_accepted", []))
     t = models.participants

@@ -39,6 +39,12 @@ async def get_transfer(transfer_id: str, request: Request) -> Any:
     return await service.get_transfer(_rt(request), transfer_id=transfer_id)
 
 
+@router.post("/{transfer_id}/resume", status_code=202, response_model=Transfer, responses={403: PROBLEM_RESPONSES[400]})
+async def resume_transfer(transfer_id: str, request: Request) -> Any:
+    """Resume a transfer that failed for a passing reason (destination full, retries exhausted); 409 otherwise."""
+    return await service.resume_transfer(_rt(request), transfer_id=transfer_id)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime("transfer", models.metadata, models.outbox, settings)
     consumers: list[PullConsumer] = []
@@ -50,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_stop(rt: Runtime) -> None:
         for c in consumers:
-            await c.stop(timeout=8.0)
+            await c.stop(timeout=5.0)
 
     app = build_app(rt, title="Portability broker: transfer", description="Transfers between data holders and data recipients.",
                     on_start=on_start, on_stop=on_stop)

@@ -25,6 +25,7 @@ transfers = Table(
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("sha256", String(64), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("worker", String(128), nullable=True),
     Column("total", BigInteger, nullable=True),
     Column("rate", Float, nullable=True),
     Column("eta_s", Float, nullable=True),

@@ -40,6 +40,7 @@ class Transfer(BaseModel):
     bytes: int
     sha256: str | None = None
     attempts: int
+    worker: str | None = Field(default=None, description="the worker running it last: host:pid:n")
     total: int | None = Field(default=None, description="records the holder says it has, when it says")
     rate_records_per_s: float | None = None
     eta_s: float | None = Field(default=None, description="estimated seconds left, when the holder gives a total")

@@ -9,13 +9,14 @@ from typing import Any
 from sqlalchemy import select
 
 from shared import subjects
-from shared.errors import Forbidden, NotFound
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.outbox import add_event
 from shared.runtime import Runtime
 
 from . import models
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+RESUMABLE = frozenset({"destination_full", "retries_exhausted", "recipient_error", "holder_error"})
 
 
 def _ts(dt: datetime | None) -> str | None:
@@ -29,7 +30,7 @@ def as_dict(row: Any) -> dict[str, Any]:
         "id": row.id, "consent_id": row.consent_id, "dataset": row.dataset, "holder_id": row.holder_id,
         "recipient_id": row.recipient_id, "status": row.status, "reason": row.reason, "error": row.error,
         "batches": row.batches, "records": row.records, "bytes": row.bytes, "sha256": row.sha256,
-        "attempts": row.attempts, "total": row.total, "rate_records_per_s": row.rate, "eta_s": row.eta_s, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
+        "attempts": row.attempts, "worker": row.worker, "total": row.total, "rate_records_per_s": row.rate, "eta_s": row.eta_s, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
         "started_at": _ts(row.started_at), "finished_at": _ts(row.finished_at),
     }
 
@@ -45,12 +46,7 @@ async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[
     consent this raises :class:`Forbidden` (403, ``reason``) and nothing is queued, so no
     request ever reaches the holder. Raises Unavailable if the consent service does not answer.
     """
-    bus = rt.require_bus()
-    check = await bus.request(subjects.CONSENT_CHECK, {"consent_id": consent_id, "dataset": dataset})
-    if not check["valid"]:
-        raise Forbidden(f"no valid consent {consent_id} for dataset {dataset}: {check['reason']}", reason="consent_invalid",
-                        consent_reason=check["reason"])
-    consent = check["consent"]
+    consent = await _require_consent(rt, consent_id, dataset)
     now = datetime.now(UTC)
     tid = uuid.uuid4().hex
     async with rt.db.unit_of_work() as s:
@@ -61,6 +57,37 @@ async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[
         ))
         out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
         await add_event(s, models.outbox, subjects.TRANSFER_JOBS, "transfer.job", {"transfer_id": tid, "consent_id": consent_id, "dataset": dataset})
+        await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.queued", "transfer.events.queued", event_data(out))
+    rt.events_committed()
+    return out
+
+
+async def _require_consent(rt: Runtime, consent_id: str, dataset: str) -> dict[str, Any]:
+    check = await rt.require_bus().request(subjects.CONSENT_CHECK, {"consent_id": consent_id, "dataset": dataset})
+    if not check["valid"]:
+        raise Forbidden(f"no valid consent {consent_id} for dataset {dataset}: {check['reason']}", reason="consent_invalid",
+                        consent_reason=check["reason"])
+    return dict(check["consent"])
+
+
+async def resume_transfer(rt: Runtime, *, transfer_id: str) -> dict[str, Any]:
+    """Queue again a transfer that failed for a reason that may pass (``RESUMABLE``, e.g. the
+    recipient was full); it continues after the last batch the recipient acknowledged.
+    Raises NotFound, Conflict (409, not resumable), Forbidden (consent no longer valid).
+    """
+    t = await get_transfer(rt, transfer_id=transfer_id)
+    if t["status"] != "failed" or t["reason"] not in RESUMABLE:
+        raise Conflict(f"transfer {transfer_id} is {t['status']}" + (f" ({t['reason']})" if t["reason"] else "") + "; it cannot be resumed",
+                       current_status=t["status"], current_reason=t["reason"])
+    await _require_consent(rt, t["consent_id"], t["dataset"])
+    async with rt.db.unit_of_work() as s:
+        n = (await s.execute(models.transfers.update().where(models.transfers.c.id == transfer_id).where(models.transfers.c.status == "failed")
+                             .values(status="queued", reason=None, updated_at=datetime.now(UTC), finished_at=None))).rowcount
+        if n != 1:
+            raise Conflict(f"transfer {transfer_id} changed meanwhile")
+        out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == transfer_id))).one())
+        await add_event(s, models.outbox, subjects.TRANSFER_JOBS, "transfer.job",
+                        {"transfer_id": transfer_id, "consent_id": t["consent_id"], "dataset": t["dataset"]})
         await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.queued", "transfer.events.queued", event_data(out))
     rt.events_committed()
     return out

@@ -31,6 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import itertools
+import os
+import socket
 import logging
 import time
 from datetime import UTC, datetime
@@ -43,7 +47,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from shared import envelope, subjects
 from shared.canonical import RecordDigest
-from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject, Retry
+from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
 from shared.runtime import Runtime
@@ -54,6 +58,7 @@ from .service import TERMINAL, as_dict, event_data
 log = logging.getLogger("services.transfer.worker")
 
 END = ""  # stored cursor once the holder has served its last page
+_worker_numbers = itertools.count(1)
 
 
 class TransferEnded(Exception):
@@ -167,6 +172,8 @@ class TransferWorker:
         self.rt = rt
         self.bus = rt.require_bus()
         self.cancellations = cancellations or Cancellations()
+        self._access_token = ""
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}"
 
     async def handle(self, env: dict[str, Any], delivery: Delivery) -> None:
         tid = env["data"]["transfer_id"]
@@ -242,13 +249,30 @@ class TransferWorker:
                 return resp
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _page(self, client: Any, row: Any, export: str, token: str, cursor: str | None, corr: str) -> tuple[list[Any], str | None, int | None]:
+    async def _token(self, row: Any, corr: str, *, rejected: str | None = None) -> str:
+        """The holder access token, through ``consent.token.get`` (refreshed when ``rejected``)."""
+        data: dict[str, Any] = {"consent_id": row.consent_id}
+        if rejected:
+            data |= {"refresh": True, "rejected_token_sha256": hashlib.sha256(rejected.encode()).hexdigest()}
+        try:
+            return str((await self.bus.request(subjects.CONSENT_TOKEN_GET, data, correlation_id=corr))["access_token"])
+        except BrokerError as exc:
+            if isinstance(exc, Unavailable):
+                raise
+            raise TransferEnded("failed", "consent_invalid", {"message": exc.detail}) from None
+
+    async def _page(self, client: Any, row: Any, export: str, cursor: str | None, corr: str) -> tuple[list[Any], str | None, int | None]:
         params: dict[str, Any] = {"limit": self.rt.settings.transfer_page_limit}
         if cursor:
             params["cursor"] = cursor
-        resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
-                                headers={"Authorization": f"Bearer {token}", "X-Correlation-Id": corr},
-                                before=lambda: self._guard(row, corr))
+        for refreshed in (False, True):
+            resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
+                                    headers={"Authorization": f"Bearer {self._access_token}", "X-Correlation-Id": corr},
+                                    before=lambda: self._guard(row, corr))
+            if resp.status_code != 401 or refreshed:
+                break
+            # expired mid-transfer: refresh through the consent service and ask again
+            self._access_token = await self._token(row, corr, rejected=self._access_token)
         if resp.status_code in (401, 403):
             raise TransferEnded("failed", "consent_invalid", {"message": f"holder refused the token ({resp.status_code}): {_problem_of(resp)}"})
         if resp.status_code != 200:
@@ -274,12 +298,7 @@ class TransferWorker:
         recipient = await self._participant(row.recipient_id, corr)
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
         validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker())
-        try:
-            token = (await self.bus.request(subjects.CONSENT_TOKEN_GET, {"consent_id": row.consent_id}, correlation_id=corr))["access_token"]
-        except BrokerError as exc:
-            if isinstance(exc, Unavailable):
-                raise
-            raise TransferEnded("failed", "consent_invalid", {"message": exc.detail}) from None
+        self._access_token = await self._token(row, corr)
 
         s = self.rt.settings
         export = holder["export_base_url"].rstrip("/")
@@ -288,13 +307,13 @@ class TransferWorker:
         digest = RecordDigest()
         async with httpx.AsyncClient(timeout=s.transfer_http_timeout_s) as client:
             batch, cursor = 0, None
-            resuming = row.status == "running" and row.batches > 0 and row.cursor is not None
+            resuming = row.batches > 0 and row.cursor is not None
             await self._start(tid, attempt=delivery.number, resume=resuming)
             if resuming:
                 # recompute the digest of what was delivered, reading (not pushing) those pages again
                 for _ in range(row.batches):
                     await delivery.heartbeat()
-                    records, cursor, _total = await self._page(client, row, export, token, cursor, corr)
+                    records, cursor, _total = await self._page(client, row, export, cursor, corr)
                     digest.update(records)
                     batch += 1
                 if digest.count != row.records or (cursor or END) != row.cursor:
@@ -307,7 +326,7 @@ class TransferWorker:
             sent_at_start = digest.count
             while not done:
                 await delivery.heartbeat()
-                records, next_cursor, total = await self._page(client, row, export, token, cursor, corr)
+                records, next_cursor, total = await self._page(client, row, export, cursor, corr)
                 for i, record in enumerate(records):
                     err = next(iter(validator.iter_errors(record)), None)
                     if err is not None:
@@ -335,6 +354,9 @@ class TransferWorker:
                                          nbytes=digest.bytes, rate=rate, eta_s=eta, total=total)
                 done = next_cursor is None
                 cursor = next_cursor
+                if delivery.stopping and not done:
+                    log.info("transfer %s released after batch %d: worker stopping", tid, batch)
+                    raise Release()
             manifest = {"dataset": row.dataset, "records": digest.count, "sha256": digest.hexdigest(), "batches": batch}
             put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/manifest", json=manifest, headers=recipient_headers)
             body: dict[str, Any] = {}
@@ -355,7 +377,7 @@ class TransferWorker:
 
     async def _start(self, tid: str, *, attempt: int, resume: bool) -> None:
         now = datetime.now(UTC)
-        values: dict[str, Any] = {"status": "running", "updated_at": now, "attempts": attempt, "error": None}
+        values: dict[str, Any] = {"status": "running", "updated_at": now, "attempts": attempt, "error": None, "worker": self.worker_id}
         if not resume:
             values |= {"started_at": now, "cursor": None, "batches": 0, "records": 0, "bytes": 0}
         async with self.rt.db.unit_of_work() as s:

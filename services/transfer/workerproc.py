@@ -33,7 +33,7 @@ async def run(count: int) -> None:
     log.info("%d transfer worker(s) running", count)
     await stop.wait()
     log.info("stopping workers")
-    await asyncio.gather(*(c.stop(timeout=8.0) for c in consumers))
+    await asyncio.gather(*(c.stop(timeout=5.0) for c in consumers))
     await rt.stop()
 
 

@@ -85,13 +85,14 @@ class Bus:
         self.closing = True
         for task in list(self._tasks):
             task.cancel()
+        # consumers and handlers are stopped by now: flush what we published, then close
+        # (a drain can stall for its whole timeout on pull subscriptions)
         if self.nc.is_connected:
             try:
-                await asyncio.wait_for(self.nc.drain(), timeout=4)
-            except Exception:  # best effort at shutdown: a drain can stall on pull subscriptions
-                if not self.nc.is_closed:
-                    await self.nc.close()
-        elif not self.nc.is_closed:
+                await self.nc.flush(timeout=2)
+            except Exception:
+                pass
+        if not self.nc.is_closed:
             await self.nc.close()
 
     @property

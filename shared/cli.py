@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,13 +35,7 @@ def _stack(data_dir: Path, input_file: Path | None) -> Stack:
 
 
 def _main_job(stack: Stack, input_file: Path | None) -> tuple[int, dict[str, object]]:
-    dataset = None
-    if input_file:
-        try:
-            dataset = parse_file(input_file).dataset_id
-        except (UnknownFormat, OSError, ValueError) as exc:
-            console.print(f"[red]cannot serve {input_file}: {exc}[/red]")
-            raise typer.Exit(2) from None
+    dataset = parse_file(input_file).dataset_id if input_file else None
     with httpx.Client(timeout=30) as client:
         register_participants(client, stack)
         console.print(f"registered data holder demo-holder ({stack.url('holder')}) and data recipient demo-cloud ({stack.url('cloud')})")
@@ -52,17 +47,49 @@ def _main_job(stack: Stack, input_file: Path | None) -> tuple[int, dict[str, obj
     return (0 if ok else 1), summary_line(result)
 
 
+def _check_input(input_file: Path | None) -> None:
+    if input_file is None:
+        return
+    if not input_file.is_file():
+        _fail(f"{input_file}: no such file" if not input_file.exists() else f"{input_file}: not a file", 2)
+    try:
+        parse_file(input_file)
+    except (UnknownFormat, OSError, ValueError) as exc:
+        _fail(f"cannot serve {input_file}: {exc}", 2)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[red]{message}[/red]")
+    print(json.dumps({"status": "error", "error": message}), flush=True)
+    raise typer.Exit(code)
+
+
+def _lock(data_dir: Path) -> object:
+    """Hold ``<data_dir>/broker.lock`` while running: two brokers must not share one folder."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = open(data_dir / "broker.lock", "a+")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        _fail(f"another broker is running from {data_dir} (pid {f.read().strip() or '?'}); stop it first", 1)
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def _start(data_dir: Path, input_file: Path | None) -> Stack:
-    if input_file and not input_file.is_file():
-        console.print(f"[red]no such file: {input_file}[/red]")
-        raise typer.Exit(2)
+    _check_input(input_file)
     stack = _stack(data_dir, input_file)
     console.print("starting NATS, registry, consent, transfer, reference holder and cloud...")
     try:
         stack.start()
     except StartError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
     console.print(f"NATS {stack.nats_url}" + (" (embedded)" if stack.nats else ""))
     for name, p in stack.procs.items():
         console.print(f"  {name:<9} {p.url}")
@@ -75,17 +102,40 @@ def demo(
     data_dir: Path = typer.Option(Path("var"), help="where databases, NATS data and logs go"),
 ) -> None:
     """Start everything, run one consented transfer, stop; exit 0 if the recipient holds exactly the holder's records."""
+    lock = _lock(data_dir)
+    _ignore_signals_while_stopping = _stop_on_signals()
     stack = _start(data_dir, input_file)
-    code = 1
+    code, summary = 1, {"status": "error", "error": "interrupted"}
     try:
         code, summary = _main_job(stack, input_file)
     except DemoFailed as exc:
         console.print(f"[red]{exc}[/red]")
         summary = {"status": "error", "error": str(exc)}
+    except KeyboardInterrupt:
+        console.print("interrupted")
     finally:
+        _ignore_signals_while_stopping()
         stack.stop()
+        del lock
     print(json.dumps(summary), flush=True)
     raise typer.Exit(code)
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """SIGTERM and SIGHUP interrupt like Ctrl-C; returns a function that then ignores all three,
+    so that a second Ctrl-C cannot cut the clean-up short and leave processes behind."""
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+    def ignore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+
+    return ignore
 
 
 @app.command()
@@ -94,15 +144,17 @@ def run(
     data_dir: Path = typer.Option(Path("var"), help="where databases, NATS data and logs go"),
 ) -> None:
     """Start everything, run one consented transfer, then keep serving until Ctrl-C."""
-    stack = _start(data_dir, input_file)
+    lock = _lock(data_dir)
+    _check_input(input_file)
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    stack = _start(data_dir, input_file)
     try:
         try:
             _code, summary = _main_job(stack, input_file)
@@ -117,8 +169,11 @@ def run(
                     stopping = True
             time.sleep(0.5)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         console.print("stopping...")
         stack.stop()
+        del lock
     sys.exit(0)
 
 

@@ -117,6 +117,11 @@ class PullConsumer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    @property
+    def running(self) -> bool:
+        """False if the loop has ended while it was not asked to stop (readiness reports it)."""
+        return self._task is not None and (not self._task.done() or self._stopping.is_set())
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop fetching; wait up to ``timeout`` s for the message in hand, then cancel it (it is redelivered)."""
         self._stopping.set()
@@ -158,6 +163,11 @@ class PullConsumer:
                 self.busy = True
                 try:
                     await self._process(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let one message stop the loop
+                    log.exception("processing a message on %s failed; it will be redelivered", self.spec.filter_subject)
+                    await self._nak(msg, 5.0)
                 finally:
                     self.busy = False
 

@@ -14,7 +14,7 @@ import httpx
 from .canonical import RecordDigest
 from .catalogue import DATASET_TYPES
 from .launcher import Stack
-from .settings import DEV_RECIPIENT_TOKEN
+from examples.cloud.app import DEV_OWNER_TOKEN
 
 HOLDER_ID = "demo-holder"
 CLOUD_ID = "demo-cloud"
@@ -72,9 +72,8 @@ def consented_transfer(
         transfer = _ok(client.get(f"{stack.url('transfer')}/transfers/{transfer['id']}"))
     say(f"transfer {transfer['id']} {transfer['status']}: {transfer['records']} records in {transfer['batches']} batches"
         + (f" ({transfer['reason']}: {transfer['error']})" if transfer["reason"] else ""))
-    held = _ok(client.get(f"{stack.url('holder')}/dev/records/{customer}/{dataset}"))["records"]
-    got = _ok(client.get(f"{stack.url('cloud')}/transfers/{transfer['id']}/records",
-                         headers={"Authorization": f"Bearer {DEV_RECIPIENT_TOKEN}"}))["records"]
+    held = holder_records(client, stack, customer, dataset)
+    got = cloud_records(client, stack, transfer["id"])
     d = RecordDigest()
     d.update(got)
     return {
@@ -82,6 +81,17 @@ def consented_transfer(
         "bytes": d.bytes, "sha256": d.hexdigest(), "dataset": dataset, "identical": got == held,
         "transfer": transfer, "holder_records": held, "cloud_records": got,
     }
+
+
+def holder_records(client: httpx.Client, stack: Stack, customer: str, dataset: str) -> list[Any]:
+    """Every record the reference holder serves for ``customer`` and ``dataset``."""
+    return list(_ok(client.get(f"{stack.url('holder')}/dev/records/{dataset}", params={"customer_id": customer}))["records"])
+
+
+def cloud_records(client: httpx.Client, stack: Stack, transfer_id: str) -> list[Any]:
+    """What the reference cloud holds for a transfer, read with its owner's token."""
+    return list(_ok(client.get(f"{stack.url('cloud')}/transfers/{transfer_id}/records",
+                               headers={"Authorization": f"Bearer {DEV_OWNER_TOKEN}"}))["records"])
 
 
 def summary_line(result: dict[str, Any]) -> dict[str, Any]:

@@ -85,4 +85,11 @@ def decode(payload: bytes, *, expected_type: str | None = None) -> dict[str, Any
         env = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"not a JSON message: {exc}") from None
-    return validate(env, expected_type=expected_type)
+    except (RecursionError, ValueError, MemoryError) as exc:  # absurd nesting, 5000-digit integers
+        raise InvalidInput(f"not an acceptable JSON message: {type(exc).__name__}") from None
+    try:
+        return validate(env, expected_type=expected_type)
+    except InvalidInput:
+        raise
+    except (RecursionError, ValueError, TypeError) as exc:  # a validator choking on a pathological value
+        raise InvalidInput(f"message cannot be validated: {type(exc).__name__}") from None

@@ -30,6 +30,8 @@ def port_or_free(preferred: int | None) -> int:
     """``preferred`` if nothing listens there, otherwise a free port."""
     if preferred:
         with socket.socket() as s:
+            # as the servers do: a port whose old connections linger in TIME_WAIT is free to use
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", preferred))
                 return preferred
@@ -62,10 +64,13 @@ class Proc:
     url: str | None = None
     health: str | None = None
     popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
 
     def start(self) -> None:
+        """Start the process; its log starts afresh at the first start, and grows over restarts."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "ab" if self.starts else "wb")  # noqa: SIM115 - lives as long as the process
+        self.starts += 1
         self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 

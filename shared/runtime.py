@@ -19,7 +19,7 @@ from sqlalchemy import MetaData, Table
 from . import telemetry
 from .bus import Bus
 from .db import Database
-from .http import install_problem_handlers, setup_logging
+from .http import BodyLimitMiddleware, install_problem_handlers, setup_logging
 from .outbox import OutboxRelay
 from .settings import Settings
 
@@ -37,6 +37,8 @@ class Runtime:
         self.db = Database(self.settings.database_url_for(name), metadata, self.settings.schema_for(name))
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
+        # more readiness checks: name -> callable answering True when fine
+        self.ready_checks: dict[str, Callable[[], bool]] = {}
 
     async def start(self) -> None:
         telemetry.setup(self.name)
@@ -88,6 +90,7 @@ def build_app(
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
     install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -102,6 +105,8 @@ def build_app(
         except Exception as exc:  # report, don't raise
             checks["database"] = f"error: {type(exc).__name__}"
         checks["nats"] = "ok" if runtime.bus and runtime.bus.connected else "disconnected"
+        for name, check in runtime.ready_checks.items():
+            checks[name] = "ok" if check() else "failing"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 

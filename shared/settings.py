@@ -46,11 +46,12 @@ class Settings(BaseSettings):
     transfer_workers_in_process: int = 1
     transfer_fetch_timeout_s: float = 2.0
     transfer_ack_wait_s: float = 60.0
-    transfer_max_deliver: int = 5
+    transfer_max_deliver: int = 10
     transfer_http_attempts: int = 5
     transfer_retry_initial_s: float = 0.2
     transfer_retry_max_s: float = 10.0
     nats_request_timeout_s: float = 5.0
+    max_request_bytes: int = 1024 * 1024
 
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> Settings:

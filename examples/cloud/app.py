@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.canonical import RecordDigest
+from shared.http import BodyLimitMiddleware
 from shared.settings import DEV_RECIPIENT_TOKEN
 
 PROBLEM = "application/problem+json"
@@ -87,11 +88,16 @@ class Db:
         )
 
 
+DEV_OWNER_TOKEN = "dev-cloud-owner-token"
+
+
 def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI:
     db = Db(db_path or Path(os.environ.get("CLOUD_DB", "var/cloud.db")))
     expected = token or os.environ.get("CLOUD_BROKER_TOKEN", DEV_RECIPIENT_TOKEN)
+    owner = os.environ.get("CLOUD_OWNER_TOKEN", DEV_OWNER_TOKEN)
     app = FastAPI(title="Reference personal cloud", version="0.1.0", description="Implements the broker's recipient import contract.")
     app.state.db = db
+    app.add_middleware(BodyLimitMiddleware, max_bytes=64 * 1024 * 1024)
     state: dict[str, Any] = {"faults": Faults(), "batch_requests": 0, "duplicates": 0}
 
     def authorised(authorization: str | None) -> bool:
@@ -155,8 +161,8 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
 
     @app.get("/transfers/{transfer_id}/records", tags=["owner"])
     def get_records(transfer_id: str, authorization: str | None = Header(default=None)) -> Any:
-        """What the cloud holds for a transfer, in order (the owner's view)."""
-        if not authorised(authorization):
+        """What the cloud holds for a transfer, in order: the owner's view, with the owner's token (not the broker's)."""
+        if authorization != f"Bearer {owner}":
             return problem(401, "Unauthorized", "a bearer token is required")
         return {"records": stored(transfer_id)}
 

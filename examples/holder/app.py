@@ -1,4 +1,4 @@
-"""Reference data holder (an electricity distributor in the Enedis Data Connect v5 format).
+"""Reference data holder: serves real-format files (Enedis, GRDF, Green Button, water, MesInfos...).
 
 Implements the holder export contract (``examples/contracts/holder-export.openapi.json``)::
 
@@ -72,6 +72,7 @@ class Faults(BaseModel):
     throttle_every: int = Field(default=0, ge=0, description="answer 429 with Retry-After to every Nth request")
     retry_after_s: int = Field(default=1, ge=0, le=60)
     delay_s: float = Field(default=0.0, ge=0, le=30, description="seconds to wait before serving a page")
+    repeat_cursor: bool = Field(default=False, description="broken holder: always hand back the cursor it was given")
 
 
 def write_sample(directory: Path) -> list[Path]:
@@ -126,7 +127,7 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         env = os.environ.get("HOLDER_FILES", "")
         files = [Path(p) for p in env.split(os.pathsep) if p] or write_sample(Path(os.environ.get("HOLDER_SAMPLE_DIR", "var/holder-sample")))
     store = Store(files)
-    app = FastAPI(title="Reference data holder (Enedis v5 format)", version="0.1.0",
+    app = FastAPI(title="Reference data holder", version="0.1.0",
                   description="Implements the broker's holder export contract.")
     app.state.store = store
 
@@ -171,7 +172,7 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         page = recs[offset: offset + limit]
         body: dict[str, Any] = {"records": page, "total": len(recs)}
         if offset + limit < len(recs):
-            body["next_cursor"] = _encode_cursor(grant["customer_id"], dataset, offset + limit)
+            body["next_cursor"] = cursor if (faults.repeat_cursor and cursor) else _encode_cursor(grant["customer_id"], dataset, offset + limit)
         return body
 
     @app.post("/dev/tokens", response_model=TokenResponse, tags=["development"])
@@ -217,8 +218,8 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         """Customers (meter ids) and their record counts by dataset."""
         return {"customers": store.customers()}
 
-    @app.get("/dev/records/{customer_id}/{dataset}", tags=["development"])
-    def all_records(customer_id: str, dataset: str) -> dict[str, Any]:
+    @app.get("/dev/records/{dataset}", tags=["development"])
+    def all_records(dataset: str, customer_id: str = Query(max_length=256)) -> dict[str, Any]:
         """Every record the holder would serve for this customer and dataset (for checks)."""
         return {"records": store.data.get((customer_id, dataset), [])}
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 
+from shared.consumer import PullConsumer
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
 from shared.settings import Settings
@@ -28,7 +29,7 @@ async def request_consent(body: ConsentRequest, request: Request) -> Any:
 
 @router.get("", response_model=ConsentList)
 async def list_consents(request: Request, data_subject: str | None = Query(None, max_length=128),
-                        limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Any:
+                        limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
     return {"consents": await service.list_consents(_rt(request), data_subject=data_subject, limit=limit, offset=offset)}
 
 
@@ -54,12 +55,21 @@ async def revoke(consent_id: str, body: Revocation, request: Request) -> Any:
     return await service.revoke(_rt(request), consent_id=consent_id, by=body.by, reason=body.reason)
 
 
-async def _on_start(rt: Runtime) -> None:
-    await handlers.register(rt)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime("consent", models.metadata, models.outbox, settings)
-    app = build_app(rt, title="Portability broker: consent", description="Consent lifecycle.", on_start=_on_start)
+    consumers: list[PullConsumer] = []
+
+    async def on_start(rt: Runtime) -> None:
+        await handlers.register(rt)
+        c = handlers.transfer_events_consumer(rt)
+        c.start()
+        consumers.append(c)
+        rt.ready_checks["transfer_events"] = lambda: c.running
+
+    async def on_stop(_rt: Runtime) -> None:
+        for c in consumers:
+            await c.stop(timeout=3.0)
+
+    app = build_app(rt, title="Portability broker: consent", description="Consent lifecycle.", on_start=on_start, on_stop=on_stop)
     app.include_router(router)
     return app

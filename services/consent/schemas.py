@@ -13,7 +13,7 @@ Ident = Field(min_length=1, max_length=128)
 class ConsentRequest(BaseModel):
     """A data recipient asks for a consent: who, from whom, what, why, how long."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     data_subject: str = Field(min_length=1, max_length=128, description="the person's id at the broker")
     holder_id: str = Field(min_length=1, max_length=64)
     recipient_id: str = Field(min_length=1, max_length=64)
@@ -26,7 +26,7 @@ class ConsentRequest(BaseModel):
 class HolderToken(BaseModel):
     """The data holder's OAuth 2.0 token response for this consent (RFC 6749 section 5.1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     access_token: str = Field(min_length=1, max_length=4096)
     token_type: str = Field(default="Bearer", max_length=32)
     refresh_token: str | None = Field(default=None, max_length=4096)
@@ -34,7 +34,7 @@ class HolderToken(BaseModel):
 
 
 class Revocation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     by: Literal["data_subject", "holder", "recipient"] = "data_subject"
     reason: str | None = Field(default=None, max_length=500)
 

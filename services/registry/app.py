@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
@@ -28,7 +28,8 @@ async def create_participant(body: ParticipantCreate, request: Request) -> Any:
 
 
 @router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"])
-async def put_participant(participant_id: str, body: ParticipantIn, request: Request, response: Response) -> Any:
+async def put_participant(body: ParticipantIn, request: Request, response: Response,
+                          participant_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")) -> Any:
     """Create or replace the participant ``participant_id`` (its status is kept)."""
     out, created = await service.register_participant(_rt(request), body=body.model_dump(), participant_id=participant_id, replace=True)
     response.status_code = 201 if created else 200
@@ -36,7 +37,7 @@ async def put_participant(participant_id: str, body: ParticipantIn, request: Req
 
 
 @router.get("/participants", response_model=ParticipantList, tags=["participants"])
-async def list_participants(request: Request, limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Any:
+async def list_participants(request: Request, limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
     return {"participants": await service.list_participants(_rt(request), limit=limit, offset=offset)}
 
 

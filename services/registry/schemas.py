@@ -15,7 +15,7 @@ Status = Literal["active", "suspended", "revoked"]
 class ParticipantIn(BaseModel):
     """A data holder and/or data recipient. A holder needs ``export_base_url``, a recipient ``import_base_url``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=200)
     roles: list[Role] = Field(min_length=1, max_length=2)
     export_base_url: str | None = Field(default=None, max_length=500)
@@ -30,6 +30,7 @@ class ParticipantCreate(ParticipantIn):
 
 
 class Participant(ParticipantIn):
+    model_config = ConfigDict(extra="ignore", strict=False)
     id: str
     status: Status
     status_reason: str | None = None
@@ -38,7 +39,7 @@ class Participant(ParticipantIn):
 
 
 class StatusChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     status: Status
     reason: str = Field(min_length=1, max_length=500)
 
@@ -46,7 +47,7 @@ class StatusChange(BaseModel):
 class DatasetType(BaseModel):
     """A dataset type: a JSON Schema (Draft 2020-12) for one record, with units and time conventions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: int = Field(ge=1, le=10_000)
     title: str = Field(min_length=1, max_length=300)

@@ -43,16 +43,27 @@ def _dataset(row: Any) -> dict[str, Any]:
 
 
 def _check_url(url: str | None, field: str, *, development: bool) -> None:
+    """An endpoint URL: absolute, https (http too in development), no credentials, no spaces."""
     if url is None:
         return
-    parts = urlsplit(url)
     allowed = {"https", "http"} if development else {"https"}
-    if parts.scheme not in allowed or not parts.netloc:
-        raise InvalidInput(f"{field} must be an absolute {' or '.join(sorted(allowed))} URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise InvalidInput(f"{field} is not a valid URL") from None
+    if parts.scheme not in allowed or not parts.hostname or any(ch.isspace() for ch in url):
+        raise InvalidInput(f"{field} must be an absolute {' or '.join(sorted(allowed))} URL")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput(f"{field} must not carry credentials")
+    if parts.query or parts.fragment:
+        raise InvalidInput(f"{field} must not have a query or fragment")
 
 
 async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
     roles = set(body["roles"])
+    if len(roles) != len(body["roles"]):
+        raise InvalidInput("roles must not repeat")
     if "holder" in roles and not body.get("export_base_url"):
         raise InvalidInput("a data holder needs export_base_url")
     if "recipient" in roles and not body.get("import_base_url"):
@@ -139,6 +150,9 @@ async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool =
         Draft202012Validator.check_schema(body["schema"])
     except SchemaError as exc:
         raise InvalidInput(f"schema is not a valid JSON Schema: {exc.message}") from None
+    bad_refs = sorted(r for r in _refs(body["schema"]) if not r.startswith("#"))
+    if bad_refs:
+        raise InvalidInput(f"schema may only refer inside itself ($ref starting with #), not to {bad_refs[0]!r}")
     t = models.dataset_types
     async with rt.db.unit_of_work() as s:
         existing = (await s.execute(select(t.c.id).where(t.c.id == body["id"]))).first()
@@ -151,6 +165,15 @@ async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool =
                         {"dataset": {"id": body["id"], "version": body["version"]}})
     rt.events_committed()
     return body
+
+
+def _refs(obj: Any) -> set[str]:
+    if isinstance(obj, dict):
+        found = {str(v) for k, v in obj.items() if k in ("$ref", "$dynamicRef")}
+        return found.union(*(_refs(v) for v in obj.values()))
+    if isinstance(obj, list):
+        return set().union(*(_refs(v) for v in obj))
+    return set()
 
 
 async def get_dataset(rt: Runtime, *, dataset_id: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ async def start_transfer(body: TransferRequest, request: Request) -> Any:
 
 @router.get("", response_model=TransferList)
 async def list_transfers(request: Request, consent_id: str | None = Query(None, max_length=64),
-                         limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)) -> Any:
+                         limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
     return {"transfers": await service.list_transfers(_rt(request), consent_id=consent_id, limit=limit, offset=offset)}
 
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         consumers.extend(await make_consumers(rt, rt.settings.transfer_workers_in_process))
         for c in consumers:
             c.start()
+        rt.ready_checks["workers"] = lambda: all(c.running for c in consumers)
 
     async def on_stop(rt: Runtime) -> None:
         for c in consumers:

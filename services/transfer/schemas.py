@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TransferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     consent_id: str = Field(min_length=1, max_length=64)
     dataset: str = Field(min_length=1, max_length=128)
 

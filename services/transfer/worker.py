@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry
 from sqlalchemy import select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -59,6 +60,7 @@ log = logging.getLogger("services.transfer.worker")
 
 END = ""  # stored cursor once the holder has served its last page
 _worker_numbers = itertools.count(1)
+MAX_EMPTY_PAGES = 100
 
 
 class TransferEnded(Exception):
@@ -158,13 +160,16 @@ async def make_consumers(rt: Runtime, count: int) -> list[PullConsumer]:
 
 
 def _problem_of(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-        if isinstance(body, dict):
-            return str(body.get("detail") or body.get("title") or body)[:500]
-    except ValueError:
-        pass
-    return resp.text[:500]
+    """The title of a participant's problem-details answer, never its body: an error body may
+    echo personal data, which the broker must not keep (it goes into ``transfer.error``)."""
+    if resp.headers.get("content-type", "").startswith("application/problem+json"):
+        try:
+            body = resp.json()
+            if isinstance(body, dict) and isinstance(body.get("title"), str):
+                return body["title"][:120]
+        except ValueError:
+            pass
+    return resp.reason_phrase or "error"
 
 
 class TransferWorker:
@@ -186,13 +191,21 @@ class TransferWorker:
             await self._run(row, env, delivery)
         except TransferEnded as end:
             await self._finish(tid, end.status, reason=end.reason, error=end.error)
-        except (Transient, Unavailable, httpx.TransportError) as exc:
-            reason = str(exc) or type(exc).__name__
-            if delivery.last_attempt:
-                await self._finish(tid, "failed", reason="retries_exhausted", error={"message": reason, "deliveries": delivery.number})
-                return
-            await self._update(tid, error={"message": reason, "delivery": delivery.number})
-            raise Retry(reason, delay=min(2.0 ** delivery.number, 30.0)) from None
+        except (Release, Reject):
+            raise
+        except (Transient, Unavailable, httpx.HTTPError) as exc:
+            await self._retry_later(tid, delivery, "retries_exhausted", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except Exception as exc:  # a bug or a pathological input: never leave the transfer running
+            log.exception("transfer %s: unexpected error", tid)
+            await self._retry_later(tid, delivery, "internal_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    async def _retry_later(self, tid: str, delivery: Delivery, final_reason: str, message: str) -> None:
+        """Nak for a later delivery, or, at the last one, end the transfer ``failed`` with ``final_reason``."""
+        if delivery.last_attempt:
+            await self._finish(tid, "failed", reason=final_reason, error={"message": message, "deliveries": delivery.number})
+            return
+        await self._update(tid, error={"message": message, "delivery": delivery.number})
+        raise Retry(message, delay=min(2.0 ** delivery.number, 60.0))
 
     async def _load(self, tid: str) -> Any:
         async with self.rt.db.sessions() as s:
@@ -285,8 +298,12 @@ class TransferWorker:
             if not isinstance(records, list) or (next_cursor is not None and not isinstance(next_cursor, str)):
                 raise TypeError("records must be a list and next_cursor a string")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TransferEnded("failed", "holder_error", {"message": f"holder page is not a records page: {exc}"}) from None
-        return records, (next_cursor or None), (total if isinstance(total, int) else None)
+            raise TransferEnded("failed", "holder_error", {"message": f"holder page is not a records page: {type(exc).__name__}"}) from None
+        if len(records) > params["limit"]:
+            raise TransferEnded("failed", "holder_error", {"message": f"holder sent {len(records)} records for a page of {params['limit']}"})
+        if next_cursor and next_cursor == cursor:
+            raise TransferEnded("failed", "holder_error", {"message": "holder cursor does not advance"})
+        return records, (next_cursor or None), (total if isinstance(total, int) and not isinstance(total, bool) else None)
 
     # ---- the transfer ------------------------------------------------------------------
 
@@ -297,7 +314,8 @@ class TransferWorker:
         holder = await self._participant(row.holder_id, corr)
         recipient = await self._participant(row.recipient_id, corr)
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
-        validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker())
+        # an empty registry: a schema may only refer inside itself, never fetch a URL (no SSRF)
+        validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker(), registry=Registry())
         self._access_token = await self._token(row, corr)
 
         s = self.rt.settings
@@ -324,9 +342,13 @@ class TransferWorker:
             done = resuming and batch > 0 and row.cursor == END
             started = time.monotonic()
             sent_at_start = digest.count
+            empty_pages = 0
             while not done:
                 await delivery.heartbeat()
                 records, next_cursor, total = await self._page(client, row, export, cursor, corr)
+                empty_pages = 0 if records else empty_pages + 1
+                if empty_pages > MAX_EMPTY_PAGES:
+                    raise TransferEnded("failed", "holder_error", {"message": f"holder served {empty_pages} empty pages in a row"})
                 for i, record in enumerate(records):
                     err = next(iter(validator.iter_errors(record)), None)
                     if err is not None:

@@ -32,6 +32,7 @@ def malformed_payloads(subject: str, rng: random.Random, n: int) -> list[bytes]:
         json.dumps({k: v for k, v in good.items() if k != "correlation_id"}).encode(),
         json.dumps({**good, "time": "yesterday"}).encode(),
         json.dumps({**good, "data": {"consent_id": "x" * 1000, "dataset": "b", "participant_id": 3, "dataset_id": None}}).encode(),
+        b"[" * 50_000, b'{"id": ' + b"1" * 5000 + b"}",
     ]
     out = list(fixed)
     while len(out) < n:
@@ -93,6 +94,8 @@ async def test_malformed_jobs_are_dead_lettered_with_reason_and_transfers_go_on(
             f"garbage {marker}".encode(),
             json.dumps({"id": marker, "type": "transfer.job", "data": {}}).encode(),
             envelope.encode(envelope.make("transfer.job", {"transfer_id": f"unknown-{marker}", "consent_id": "c", "dataset": "d"})),
+            b"[" * 50_000 + marker.encode(),  # nesting deeper than any parser's recursion limit
+            b'{"m": "' + marker.encode() + b'", "n": ' + b"9" * 5000 + b"}",  # an integer Python refuses to parse
         ]
         for payload in bad_jobs:
             await js.publish(subjects.TRANSFER_JOBS, payload, headers={"Nats-Msg-Id": uuid.uuid4().hex})
@@ -101,8 +104,9 @@ async def test_malformed_jobs_are_dead_lettered_with_reason_and_transfers_go_on(
         await nc.flush()
 
         letters = [d for d in await _dead_letters(js, subjects.TRANSFER_JOBS, want=100, timeout=8) if marker in d["payload"]]
-        assert len(letters) == 3, letters
+        assert len(letters) == 5, letters
         reasons = sorted(d["reason"] for d in letters)
+        assert sum("not an acceptable JSON message" in r for r in reasons) == 2, reasons
         assert any(r.startswith("malformed message: not a JSON message") for r in reasons), reasons
         assert any("malformed message: envelope" in r for r in reasons), reasons
         assert any(r == f"unknown transfer unknown-{marker}" for r in reasons), reasons
@@ -114,8 +118,11 @@ async def test_malformed_jobs_are_dead_lettered_with_reason_and_transfers_go_on(
     finally:
         await nc.close()
 
-    for p in stack.procs.values():
-        assert p.alive(), p.name
+    with httpx.Client(timeout=5) as c:
+        for p in stack.procs.values():
+            assert p.alive(), p.name
+            if p.health == "/readyz":  # the workers' loop is still running
+                assert c.get(f"{p.url}/readyz").status_code == 200, (p.name, c.get(f"{p.url}/readyz").text)
     parsed = parse_file(real_dir / "enedis_v5_consumption_load_curve_myelectricaldata.json")
 
     def transfer() -> dict:

@@ -3,6 +3,8 @@ holder serving the real Enedis v5 files, and the reference personal cloud."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -43,12 +45,18 @@ def test_real_file_arrives_exactly(name: str, real_dir, client: httpx.Client, st
     # the recipient holds exactly the file's records: count, values, timestamps, units, order
     assert result["cloud_records"] == parsed.records
     assert [r["value"] for r in result["cloud_records"]] == [
-        i["value"] for i in __import__("json").loads((real_dir / name).read_text())["meter_reading"]["interval_reading"]
+        i["value"] for i in json.loads((real_dir / name).read_text())["meter_reading"]["interval_reading"]
     ]
     assert {r["unit"] for r in result["cloud_records"]} == {"Wh" if "daily" in dataset else "W"}
     assert t["sha256"] == records_digest(parsed.records) == result["sha256"]
-    consent = client.get(f"{stack.url('consent')}/consents/{result['consent_id']}").json()
-    assert consent["status"] == "authorised"
+    # a one-off consent is consumed by its transfer: a second transfer is refused
+    deadline = time.monotonic() + 10
+    while (consent := client.get(f"{stack.url('consent')}/consents/{result['consent_id']}").json())["status"] == "authorised":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert consent["status"] == "consumed" and t["id"] in consent["status_reason"]
+    r = client.post(f"{stack.url('transfer')}/transfers", json={"consent_id": result["consent_id"], "dataset": dataset})
+    assert r.status_code == 403 and r.json()["consent_reason"] == "not_authorised"
 
 
 def _consents(client: httpx.Client, stack: Stack, subject: str) -> list[dict]:
@@ -144,3 +152,34 @@ def test_record_breaking_its_schema_fails_the_transfer_and_keeps_delivered_batch
     assert t["records"] == delivered and t["batches"] == BAD_POSITION // PAGE_LIMIT
     assert len(result["cloud_records"]) == delivered
     assert result["cloud_records"] == result["holder_records"][:delivered]
+
+
+def test_http_limits_and_odd_input(client: httpx.Client, stack: Stack) -> None:
+    big = {"data_subject": "x" * (2 * 1024 * 1024)}
+    r = client.post(f"{stack.url('consent')}/consents", json=big)
+    assert r.status_code == 413 and r.headers["content-type"].startswith("application/problem+json")
+    for name, path in (("consent", "/consents"), ("transfer", "/transfers"), ("registry", "/participants")):
+        r = client.get(f"{stack.url(name)}{path}", params={"offset": 10**20})
+        assert r.status_code == 422, (name, r.text)
+    for url in ("http://user:pass@example.org", "http://[::1", "ftp://example.org", "http://a b.example", "http://h:99999/"):
+        r = client.put(f"{stack.url('registry')}/participants/odd-url", json={"name": "x", "roles": ["holder"], "export_base_url": url})
+        assert r.status_code == 400, (url, r.text)
+    for pid in ("a" * 65, "a%00b", "été"):
+        r = client.put(f"{stack.url('registry')}/participants/{pid}", json={"name": "x", "roles": ["recipient"], "import_base_url": "http://x.example"})
+        assert r.status_code == 422, (pid, r.text)
+    r = client.post(f"{stack.url('consent')}/consents", json={"data_subject": "s", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
+                                                           "datasets": ["enedis.v5.daily_consumption"], "purpose": "p", "duration_days": True})
+    assert r.status_code == 422
+    r = client.post(f"{stack.url('registry')}/datasets", json={"id": "remote.ref", "version": 1, "title": "t", "description": "d",
+                                                             "schema": {"$ref": "http://127.0.0.1:1/x.json"}})
+    assert r.status_code == 400 and "refer inside itself" in r.json()["detail"]
+
+
+def test_holder_whose_cursor_does_not_advance_fails_the_transfer(client: httpx.Client, stack: Stack) -> None:
+    client.put(f"{stack.url('holder')}/dev/faults", json={"repeat_cursor": True}).raise_for_status()
+    try:
+        result = consented_transfer(client, stack, customer="01234567890", dataset="enedis.v5.daily_consumption", timeout=30)
+    finally:
+        client.put(f"{stack.url('holder')}/dev/faults", json={}).raise_for_status()
+    t = result["transfer"]
+    assert t["status"] == "failed" and t["reason"] == "holder_error" and "does not advance" in t["error"]["message"], t

@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.demo import CLOUD_ID, HOLDER_ID, register_participants
+from shared.demo import CLOUD_ID, HOLDER_ID, cloud_records, holder_records, register_participants
 from shared.launcher import Stack
-from shared.settings import DEV_RECIPIENT_TOKEN
 
 pytestmark = pytest.mark.e2e
 
@@ -102,8 +101,8 @@ def done(t: dict[str, Any]) -> bool:
 
 def assert_exact(c: httpx.Client, s: Stack, t: dict[str, Any]) -> None:
     assert t["status"] == "completed", t
-    held = c.get(f"{s.url('holder')}/dev/records/{CUSTOMER}/{DAILY}").json()["records"]
-    got = c.get(f"{s.url('cloud')}/transfers/{t['id']}/records", headers={"Authorization": f"Bearer {DEV_RECIPIENT_TOKEN}"}).json()["records"]
+    held = holder_records(c, s, CUSTOMER, DAILY)
+    got = cloud_records(c, s, t["id"])
     assert len(got) == len(held) == t["records"] == 365
     assert got == held
 
@@ -191,16 +190,10 @@ def test_refused_refresh_ends_with_consent_invalid(c: httpx.Client, fstack: Stac
 
 
 def test_destination_full_reports_what_arrived_and_resumes_later(c: httpx.Client, fstack: Stack) -> None:
-    held_now = 0
-    t = start(c, fstack)
-    t = wait(c, fstack, t["id"], done)  # a first complete transfer, to know what the cloud holds
-    held_now = int(c.get(f"{fstack.url('cloud')}/dev/stats").json()["batch_requests"])  # noqa: F841 - warm-up
     c.put(f"{fstack.url('cloud')}/dev/faults", json={"capacity_records": 0}).raise_for_status()
     t = wait(c, fstack, start(c, fstack)["id"], done)
     assert t["status"] == "failed" and t["reason"] == "destination_full" and t["error"]["delivered_records"] == 0, t
-    # room for 100 more records
-    total = len(c.get(f"{fstack.url('cloud')}/transfers/{t['id']}/records", headers={"Authorization": f"Bearer {DEV_RECIPIENT_TOKEN}"}).json()["records"])
-    assert total == 0
+    assert cloud_records(c, fstack, t["id"]) == []
     c.put(f"{fstack.url('cloud')}/dev/faults", json={}).raise_for_status()
     r = c.post(f"{fstack.url('transfer')}/transfers/{t['id']}/resume")
     assert r.status_code == 202, r.text

@@ -44,6 +44,10 @@ class Reject(Exception):
         self.reason = reason
 
 
+class Abandon(Exception):
+    """Leave the message alone (no ack, no nak): another delivery of it is being worked on elsewhere."""
+
+
 class Release(Exception):
     """Give the message back now (the worker is stopping); it is redelivered at once to another worker."""
 
@@ -188,6 +192,8 @@ class PullConsumer:
                 return
             except Release:
                 await self._nak(msg, 0)
+                return
+            except Abandon:
                 return
             except asyncio.CancelledError:
                 await self._nak(msg, 0)

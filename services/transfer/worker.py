@@ -48,7 +48,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from shared import envelope, subjects
 from shared.canonical import RecordDigest
-from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject, Release, Retry
+from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
 from shared.runtime import Runtime
@@ -178,6 +178,7 @@ class TransferWorker:
         self.bus = rt.require_bus()
         self.cancellations = cancellations or Cancellations()
         self._access_token = ""
+        self._owned = False  # True once this worker holds the lease on the current transfer
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}"
 
     async def handle(self, env: dict[str, Any], delivery: Delivery) -> None:
@@ -187,11 +188,12 @@ class TransferWorker:
             raise Reject(f"unknown transfer {tid}")
         if row.status in TERMINAL:
             return
+        self._owned = False
         try:
             await self._run(row, env, delivery)
         except TransferEnded as end:
             await self._finish(tid, end.status, reason=end.reason, error=end.error)
-        except (Release, Reject):
+        except (Release, Reject, Abandon):
             raise
         except (Transient, Unavailable, httpx.HTTPError) as exc:
             await self._retry_later(tid, delivery, "retries_exhausted", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -393,47 +395,60 @@ class TransferWorker:
 
     # ---- state changes (each with its event, in one transaction) ----------------------
 
-    async def _update(self, tid: str, **values: Any) -> None:
+    def _mine(self, tid: str) -> Any:
+        """The row of ``tid`` if this worker may write it: its lease holder, or anyone before a worker took it."""
+        c = models.transfers.c
+        if self._owned:
+            return (c.id == tid) & (c.worker == self.worker_id) & c.status.not_in(TERMINAL)
+        return (c.id == tid) & c.status.not_in(TERMINAL)
+
+    async def _write(self, tid: str, values: dict[str, Any], event: tuple[str, str, Any] | None = None) -> None:
+        """Update the transfer and add its event in one transaction; :class:`Abandon` if the lease was lost
+        (the job was redelivered to another worker, e.g. after ack_wait passed during a NATS outage)."""
         async with self.rt.db.unit_of_work() as s:
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(updated_at=datetime.now(UTC), **values))
+            n = (await s.execute(models.transfers.update().where(self._mine(tid)).values(updated_at=datetime.now(UTC), **values))).rowcount
+            if n != 1:
+                log.warning("transfer %s: %s no longer holds it; leaving it to its new worker", tid, self.worker_id)
+                raise Abandon()
+            if event is not None:
+                subject, msg_type, data = event
+                if data is None:
+                    data = event_data(as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one()))
+                await add_event(s, models.outbox, subject, msg_type, data)
+        self.rt.events_committed()
+
+    async def _update(self, tid: str, **values: Any) -> None:
+        try:
+            await self._write(tid, values)
+        except Abandon:
+            pass
 
     async def _start(self, tid: str, *, attempt: int, resume: bool) -> None:
+        """Take the lease (the server gave us the job, so whoever had it is presumed gone) and mark it running."""
         now = datetime.now(UTC)
-        values: dict[str, Any] = {"status": "running", "updated_at": now, "attempts": attempt, "error": None, "worker": self.worker_id}
+        values: dict[str, Any] = {"status": "running", "attempts": attempt, "error": None, "worker": self.worker_id}
         if not resume:
             values |= {"started_at": now, "cursor": None, "batches": 0, "records": 0, "bytes": 0}
-        async with self.rt.db.unit_of_work() as s:
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(**values))
-            out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
-            kind = "resumed" if resume else "started"
-            await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.{kind}", f"transfer.events.{kind}", event_data(out))
-        self.rt.events_committed()
+        kind = "resumed" if resume else "started"
+        self._owned = False
+        await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{kind}", f"transfer.events.{kind}", None))
+        self._owned = True
 
     async def _progress(self, tid: str, *, cursor: str, batches: int, records: int, nbytes: int, rate: float, eta_s: float | None, total: int | None) -> None:
-        async with self.rt.db.unit_of_work() as s:
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(
-                cursor=cursor, batches=batches, records=records, bytes=nbytes, total=total,
-                rate=round(rate, 3), eta_s=round(eta_s, 3) if eta_s is not None else None, updated_at=datetime.now(UTC)))
-            await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.progress", "transfer.events.progress",
-                            {"transfer_id": tid, "batches": batches, "pages": batches, "records": records, "bytes": nbytes,
-                             "total": total, "rate_records_per_s": round(rate, 3), "eta_s": round(eta_s, 3) if eta_s is not None else None})
-        self.rt.events_committed()
+        eta = round(eta_s, 3) if eta_s is not None else None
+        await self._write(tid, {"cursor": cursor, "batches": batches, "records": records, "bytes": nbytes, "total": total,
+                                "rate": round(rate, 3), "eta_s": eta},
+                          (f"{subjects.TRANSFER_EVENTS}.progress", "transfer.events.progress",
+                           {"transfer_id": tid, "batches": batches, "pages": batches, "records": records, "bytes": nbytes,
+                            "total": total, "rate_records_per_s": round(rate, 3), "eta_s": eta}))
 
     async def _finish(self, tid: str, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None,
                       sha256: str | None = None, records: int | None = None, nbytes: int | None = None) -> None:
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {"status": status, "reason": reason, "error": error, "sha256": sha256, "finished_at": now,
-                                  "updated_at": now, "eta_s": None}
+        values: dict[str, Any] = {"status": status, "reason": reason, "error": error, "sha256": sha256,
+                                  "finished_at": datetime.now(UTC), "eta_s": None}
         if records is not None:
             values |= {"records": records, "bytes": nbytes}
-        async with self.rt.db.unit_of_work() as s:
-            current = (await s.execute(select(models.transfers.c.status).where(models.transfers.c.id == tid).with_for_update())).scalar_one()
-            if current in TERMINAL:
-                return
-            await s.execute(models.transfers.update().where(models.transfers.c.id == tid).values(**values))
-            out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
-            await add_event(s, models.outbox, f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", event_data(out))
-        self.rt.events_committed()
+        await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", None))
         log.info("transfer %s %s%s", tid, status, f" ({reason})" if reason else "")
 
 

@@ -48,6 +48,14 @@ class Abandon(Exception):
     """Leave the message alone (no ack, no nak): another delivery of it is being worked on elsewhere."""
 
 
+class Postpone(Exception):
+    """Put the message back for ``delay`` seconds without it counting as a failure (e.g. a busy holder)."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
 class Release(Exception):
     """Give the message back now (the worker is stopping); it is redelivered at once to another worker."""
 
@@ -75,7 +83,8 @@ class Delivery:
 
     @property
     def last_attempt(self) -> bool:
-        return self.number >= self.max_deliver
+        """True on the last delivery the consumer allows (never with ``max_deliver`` = -1, unlimited)."""
+        return self.max_deliver > 0 and self.number >= self.max_deliver
 
 
 JobHandler = Callable[[dict[str, Any], Delivery], Awaitable[None]]
@@ -86,7 +95,7 @@ class ConsumerSpec:
     stream: str
     durable: str
     filter_subject: str
-    msg_type: str
+    msg_type: str | None  # None: any type, each checked against its own schema
     ack_wait_s: float = 60.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
@@ -192,6 +201,9 @@ class PullConsumer:
                 return
             except Release:
                 await self._nak(msg, 0)
+                return
+            except Postpone as exc:
+                await self._nak(msg, exc.delay)
                 return
             except Abandon:
                 return

@@ -62,6 +62,16 @@ class RecordsPage(BaseModel):
     records: list[dict[str, Any]]
     next_cursor: str | None = None
     total: int | None = None
+    resume_cursor: str | None = None  # on the last page: ask with it later to get only what is new
+
+
+class Append(BaseModel):
+    """New records for one customer's dataset (development and tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(max_length=256)
+    dataset: str = Field(max_length=128)
+    records: list[dict[str, Any]] = Field(max_length=10_000)
 
 
 class Faults(BaseModel):
@@ -173,6 +183,8 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
         body: dict[str, Any] = {"records": page, "total": len(recs)}
         if offset + limit < len(recs):
             body["next_cursor"] = cursor if (faults.repeat_cursor and cursor) else _encode_cursor(grant["customer_id"], dataset, offset + limit)
+        else:
+            body["resume_cursor"] = _encode_cursor(grant["customer_id"], dataset, max(offset, len(recs)))
         return body
 
     @app.post("/dev/tokens", response_model=TokenResponse, tags=["development"])
@@ -212,6 +224,14 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
             if refresh_too:
                 store.refresh_tokens.clear()
         return {"expired": n}
+
+    @app.post("/dev/append", tags=["development"])
+    def append(body: Append) -> dict[str, int]:
+        """New data for a customer (a new day of readings): what an incremental transfer picks up."""
+        with store.lock:
+            recs = store.data.setdefault((body.customer_id, body.dataset), [])
+            recs.extend(body.records)
+            return {"records": len(recs)}
 
     @app.get("/dev/customers", tags=["development"])
     def customers() -> dict[str, Any]:

@@ -19,6 +19,7 @@ participants = Table(
     Column("export_base_url", String(500), nullable=True),
     Column("import_base_url", String(500), nullable=True),
     Column("oauth_token_url", String(500), nullable=True),
+    Column("limits", JSON, nullable=True),
     Column("datasets_offered", JSON, nullable=False),
     Column("datasets_accepted", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

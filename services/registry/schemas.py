@@ -12,6 +12,14 @@ Role = Literal["holder", "recipient"]
 Status = Literal["active", "suspended", "revoked"]
 
 
+class Limits(BaseModel):
+    """What a data holder allows the broker, across all its workers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    max_concurrent_transfers: int | None = Field(default=None, ge=1, le=10_000)
+    requests_per_second: float | int | None = Field(default=None, gt=0, le=100_000)
+
+
 class ParticipantIn(BaseModel):
     """A data holder and/or data recipient. A holder needs ``export_base_url``, a recipient ``import_base_url``."""
 
@@ -21,6 +29,7 @@ class ParticipantIn(BaseModel):
     export_base_url: str | None = Field(default=None, max_length=500)
     import_base_url: str | None = Field(default=None, max_length=500)
     oauth_token_url: str | None = Field(default=None, max_length=500, description="a holder's OAuth 2.0 token endpoint (refresh of tokens)")
+    limits: Limits | None = None
     datasets_offered: list[str] = Field(default_factory=list, max_length=100)
     datasets_accepted: list[str] = Field(default_factory=list, max_length=100)
 

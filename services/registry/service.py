@@ -30,6 +30,7 @@ def _participant(row: Any) -> dict[str, Any]:
         "export_base_url": row.export_base_url,
         "import_base_url": row.import_base_url,
         "oauth_token_url": row.oauth_token_url,
+        "limits": dict(row.limits) if row.limits else None,
         "datasets_offered": list(row.datasets_offered),
         "datasets_accepted": list(row.datasets_accepted),
         "created_at": row.created_at.isoformat(),
@@ -93,7 +94,9 @@ async def register_participant(rt: Runtime, *, body: dict[str, Any], participant
     await _validate_participant(rt, body)
     pid = participant_id or body.get("id") or uuid.uuid4().hex
     now = datetime.now(UTC)
-    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url")}
+    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url", "limits")}
+    if values["limits"] and "holder" not in body["roles"]:
+        raise InvalidInput("only a data holder sets limits")
     values["datasets_offered"] = list(body.get("datasets_offered", []))
     values["datasets_accepted"] = list(body.get("datasets_accepted", []))
     t = models.participants

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -13,6 +14,7 @@ from shared.settings import Settings
 
 from . import models, service
 from .schemas import Transfer, TransferList, TransferRequest
+from .schedule import Scheduler, consent_events_consumer
 from .worker import make_consumers
 
 router = APIRouter(prefix="/transfers", tags=["transfers"], responses=PROBLEM_RESPONSES)
@@ -49,15 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime("transfer", models.metadata, models.outbox, settings)
     consumers: list[PullConsumer] = []
 
+    scheduler = Scheduler(rt)
+
     async def on_start(rt: Runtime) -> None:
         consumers.extend(await make_consumers(rt, rt.settings.transfer_workers_in_process))
+        consumers.append(consent_events_consumer(rt))
         for c in consumers:
             c.start()
         rt.ready_checks["workers"] = lambda: all(c.running for c in consumers)
+        scheduler.start()
 
     async def on_stop(rt: Runtime) -> None:
-        for c in consumers:
-            await c.stop(timeout=5.0)
+        await scheduler.stop()
+        await asyncio.gather(*(c.stop(timeout=5.0) for c in consumers))
 
     app = build_app(rt, title="Portability broker: transfer", description="Transfers between data holders and data recipients.",
                     on_start=on_start, on_stop=on_stop)

@@ -40,6 +40,8 @@ class Transfer(BaseModel):
     bytes: int
     sha256: str | None = None
     attempts: int
+    schedule_id: str | None = Field(default=None, description="the schedule of a recurring consent that started it")
+    incremental: bool = Field(default=False, description="it fetched only what is new since the previous transfer")
     worker: str | None = Field(default=None, description="the worker running it last: host:pid:n")
     total: int | None = Field(default=None, description="records the holder says it has, when it says")
     rate_records_per_s: float | None = None

@@ -30,7 +30,8 @@ def as_dict(row: Any) -> dict[str, Any]:
         "id": row.id, "consent_id": row.consent_id, "dataset": row.dataset, "holder_id": row.holder_id,
         "recipient_id": row.recipient_id, "status": row.status, "reason": row.reason, "error": row.error,
         "batches": row.batches, "records": row.records, "bytes": row.bytes, "sha256": row.sha256,
-        "attempts": row.attempts, "worker": row.worker, "total": row.total, "rate_records_per_s": row.rate, "eta_s": row.eta_s, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
+        "attempts": row.attempts, "worker": row.worker, "schedule_id": row.schedule_id,
+        "incremental": row.start_cursor is not None, "total": row.total, "rate_records_per_s": row.rate, "eta_s": row.eta_s, "created_at": _ts(row.created_at), "updated_at": _ts(row.updated_at),
         "started_at": _ts(row.started_at), "finished_at": _ts(row.finished_at),
     }
 
@@ -39,7 +40,8 @@ def event_data(t: dict[str, Any]) -> dict[str, Any]:
     return {"transfer": t}
 
 
-async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]:
+async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str, start_cursor: str | None = None,
+                         schedule_id: str | None = None) -> dict[str, Any]:
     """Queue a transfer of ``dataset`` under ``consent_id``.
 
     The consent is checked first over NATS (``consent.check``); without a valid authorised
@@ -52,7 +54,7 @@ async def start_transfer(rt: Runtime, *, consent_id: str, dataset: str) -> dict[
     async with rt.db.unit_of_work() as s:
         await s.execute(models.transfers.insert().values(
             id=tid, consent_id=consent_id, dataset=dataset, holder_id=consent["holder_id"], recipient_id=consent["recipient_id"],
-            status="queued", reason=None, error=None, cursor=None, batches=0, records=0, bytes=0, sha256=None, attempts=0, total=None, rate=None, eta_s=None,
+            status="queued", reason=None, error=None, cursor=None, start_cursor=start_cursor, schedule_id=schedule_id, batches=0, records=0, bytes=0, sha256=None, attempts=0, failures=0, total=None, rate=None, eta_s=None,
             created_at=now, updated_at=now,
         ))
         out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).one())
@@ -82,7 +84,7 @@ async def resume_transfer(rt: Runtime, *, transfer_id: str) -> dict[str, Any]:
     await _require_consent(rt, t["consent_id"], t["dataset"])
     async with rt.db.unit_of_work() as s:
         n = (await s.execute(models.transfers.update().where(models.transfers.c.id == transfer_id).where(models.transfers.c.status == "failed")
-                             .values(status="queued", reason=None, updated_at=datetime.now(UTC), finished_at=None))).rowcount
+                             .values(status="queued", reason=None, failures=0, updated_at=datetime.now(UTC), finished_at=None))).rowcount
         if n != 1:
             raise Conflict(f"transfer {transfer_id} changed meanwhile")
         out = as_dict((await s.execute(select(models.transfers).where(models.transfers.c.id == transfer_id))).one())

@@ -24,7 +24,8 @@ the recipient on its idempotency key.
 
 Failures: 5xx, 429, time-outs and connection errors are retried in place with exponential
 backoff and jitter (``Retry-After`` honoured, tenacity); when those retries run out the job
-is nak'ed and redelivered later, up to ``TRANSFER_MAX_DELIVER`` deliveries.
+is nak'ed and redelivered later; after ``TRANSFER_MAX_FAILURES`` failed deliveries the transfer
+fails ``retries_exhausted``. Per-holder limits (:mod:`.limits`) hold across all workers.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from shared import envelope, subjects
 from shared.canonical import RecordDigest
-from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Reject, Release, Retry
+from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
 from shared.runtime import Runtime
 
 from . import models
+from .limits import HolderLimits, NoSlot
 from .service import TERMINAL, as_dict, event_data
 
 log = logging.getLogger("services.transfer.worker")
@@ -144,7 +146,9 @@ def consumer_spec(rt: Runtime) -> ConsumerSpec:
     s = rt.settings
     return ConsumerSpec(
         stream="TRANSFER_JOBS", durable=subjects.TRANSFER_WORKERS_DURABLE, filter_subject=subjects.TRANSFER_JOBS,
-        msg_type="transfer.job", ack_wait_s=s.transfer_ack_wait_s, max_deliver=s.transfer_max_deliver,
+        # unlimited deliveries: a job waiting for a holder slot is redelivered without failing;
+        # real failures are counted on the transfer itself (TRANSFER_MAX_FAILURES)
+        msg_type="transfer.job", ack_wait_s=s.transfer_ack_wait_s, max_deliver=-1,
     )
 
 
@@ -152,9 +156,10 @@ async def make_consumers(rt: Runtime, count: int) -> list[PullConsumer]:
     """``count`` pull consumers sharing the durable, and the cancellation listener they share."""
     cancellations = Cancellations()
     await cancellations.listen(rt)
+    limits = HolderLimits(rt.require_bus(), slot_ttl_s=max(10.0, 3 * rt.settings.transfer_ack_wait_s))
     out = []
     for _ in range(count):
-        worker = TransferWorker(rt, cancellations)
+        worker = TransferWorker(rt, cancellations, limits)
         out.append(PullConsumer(rt.require_bus(), consumer_spec(rt), worker.handle, fetch_timeout_s=rt.settings.transfer_fetch_timeout_s))
     return out
 
@@ -173,12 +178,16 @@ def _problem_of(resp: httpx.Response) -> str:
 
 
 class TransferWorker:
-    def __init__(self, rt: Runtime, cancellations: Cancellations | None = None) -> None:
+    def __init__(self, rt: Runtime, cancellations: Cancellations | None = None, limits: HolderLimits | None = None) -> None:
         self.rt = rt
         self.bus = rt.require_bus()
         self.cancellations = cancellations or Cancellations()
+        self.limits = limits or HolderLimits(self.bus, slot_ttl_s=max(10.0, 3 * rt.settings.transfer_ack_wait_s))
         self._access_token = ""
         self._owned = False  # True once this worker holds the lease on the current transfer
+        self._slot: str | None = None  # the holder slot taken for the current transfer
+        self._holder: dict[str, Any] = {}
+        self._resume_cursor: str | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}"
 
     async def handle(self, env: dict[str, Any], delivery: Delivery) -> None:
@@ -189,31 +198,50 @@ class TransferWorker:
         if row.status in TERMINAL:
             return
         self._owned = False
+        self._slot = None
+        keep_slot = False  # a released or abandoned job keeps its slot for whoever runs it next
         try:
             await self._run(row, env, delivery)
+        except NoSlot as exc:
+            raise Postpone(str(exc), exc.delay) from None
         except TransferEnded as end:
             await self._finish(tid, end.status, reason=end.reason, error=end.error)
-        except (Release, Reject, Abandon):
+        except (Release, Abandon):
+            keep_slot = True
+            raise
+        except Reject:
             raise
         except (Transient, Unavailable, httpx.HTTPError) as exc:
             await self._retry_later(tid, delivery, "retries_exhausted", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         except Exception as exc:  # a bug or a pathological input: never leave the transfer running
             log.exception("transfer %s: unexpected error", tid)
             await self._retry_later(tid, delivery, "internal_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            if not keep_slot:
+                await self.limits.release_slot(self._slot)
 
     async def _retry_later(self, tid: str, delivery: Delivery, final_reason: str, message: str) -> None:
-        """Nak for a later delivery, or, at the last one, end the transfer ``failed`` with ``final_reason``."""
-        if delivery.last_attempt:
-            await self._finish(tid, "failed", reason=final_reason, error={"message": message, "deliveries": delivery.number})
+        """Count a failure and nak for a later delivery, or, at the last allowed failure, end the
+        transfer ``failed`` with ``final_reason``."""
+        row = await self._load(tid)
+        failures = (row.failures if row is not None else 0) + 1
+        if failures >= self.rt.settings.transfer_max_failures:
+            await self._finish(tid, "failed", reason=final_reason, error={"message": message, "failures": failures})
             return
-        await self._update(tid, error={"message": message, "delivery": delivery.number})
-        raise Retry(message, delay=min(2.0 ** delivery.number, 60.0))
+        await self._update(tid, error={"message": message, "failures": failures}, failures=failures)
+        raise Retry(message, delay=min(2.0 ** failures, 60.0))
 
     async def _load(self, tid: str) -> Any:
         async with self.rt.db.sessions() as s:
             return (await s.execute(select(models.transfers).where(models.transfers.c.id == tid))).first()
 
     # ---- checks ------------------------------------------------------------------------
+
+    async def _before_holder_request(self, row: Any, corr: str) -> None:
+        await self._guard(row, corr)
+        await self.limits.wait_for_request(self._holder)
+        await self.limits.keep_slot(self._slot, row.id)
+        await self._guard(row, corr)  # the wait may have been long
 
     async def _guard(self, row: Any, corr: str) -> None:
         """Before every request to the holder: cancelled by an event? consent still valid?"""
@@ -277,13 +305,15 @@ class TransferWorker:
             raise TransferEnded("failed", "consent_invalid", {"message": exc.detail}) from None
 
     async def _page(self, client: Any, row: Any, export: str, cursor: str | None, corr: str) -> tuple[list[Any], str | None, int | None]:
+        """One page: (records, next_cursor or None, total or None); the last page's ``resume_cursor``
+        (where to ask later for what is new) is kept in ``self._resume_cursor``."""
         params: dict[str, Any] = {"limit": self.rt.settings.transfer_page_limit}
         if cursor:
             params["cursor"] = cursor
         for refreshed in (False, True):
             resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
                                     headers={"Authorization": f"Bearer {self._access_token}", "X-Correlation-Id": corr},
-                                    before=lambda: self._guard(row, corr))
+                                    before=lambda: self._before_holder_request(row, corr))
             if resp.status_code != 401 or refreshed:
                 break
             # expired mid-transfer: refresh through the consent service and ask again
@@ -297,6 +327,7 @@ class TransferWorker:
             records = page["records"]
             next_cursor = page.get("next_cursor")
             total = page.get("total")
+            resume = page.get("resume_cursor")
             if not isinstance(records, list) or (next_cursor is not None and not isinstance(next_cursor, str)):
                 raise TypeError("records must be a list and next_cursor a string")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -305,6 +336,8 @@ class TransferWorker:
             raise TransferEnded("failed", "holder_error", {"message": f"holder sent {len(records)} records for a page of {params['limit']}"})
         if next_cursor and next_cursor == cursor:
             raise TransferEnded("failed", "holder_error", {"message": "holder cursor does not advance"})
+        if not next_cursor:
+            self._resume_cursor = resume if isinstance(resume, str) and len(resume) <= 2048 else None
         return records, (next_cursor or None), (total if isinstance(total, int) and not isinstance(total, bool) else None)
 
     # ---- the transfer ------------------------------------------------------------------
@@ -315,6 +348,8 @@ class TransferWorker:
         await self._guard(row, corr)
         holder = await self._participant(row.holder_id, corr)
         recipient = await self._participant(row.recipient_id, corr)
+        self._slot = await self.limits.take_slot(holder, owner=row.id)
+        self._holder = holder
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
         # an empty registry: a schema may only refer inside itself, never fetch a URL (no SSRF)
         validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker(), registry=Registry())
@@ -326,7 +361,8 @@ class TransferWorker:
         recipient_headers = {"Authorization": f"Bearer {s.broker_recipient_token}", "X-Correlation-Id": corr}
         digest = RecordDigest()
         async with httpx.AsyncClient(timeout=s.transfer_http_timeout_s) as client:
-            batch, cursor = 0, None
+            batch, cursor = 0, row.start_cursor
+            self._resume_cursor = None
             resuming = row.batches > 0 and row.cursor is not None
             await self._start(tid, attempt=delivery.number, resume=resuming)
             if resuming:
@@ -338,7 +374,7 @@ class TransferWorker:
                     batch += 1
                 if digest.count != row.records or (cursor or END) != row.cursor:
                     log.warning("transfer %s: holder pages changed since the crash; starting again", tid)
-                    digest, batch, cursor = RecordDigest(), 0, None
+                    digest, batch, cursor = RecordDigest(), 0, row.start_cursor
                 else:
                     log.info("transfer %s resumes after batch %d (%d records)", tid, batch, digest.count)
             done = resuming and batch > 0 and row.cursor == END
@@ -391,7 +427,8 @@ class TransferWorker:
             if put.status_code != 200 or not isinstance(body, dict) or body.get("match") is not True:
                 raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({put.status_code})",
                                                                      "manifest": manifest, "recipient": body if isinstance(body, dict) else None})
-        await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes)
+        await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
+                           resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
 
     # ---- state changes (each with its event, in one transaction) ----------------------
 
@@ -402,7 +439,7 @@ class TransferWorker:
             return (c.id == tid) & (c.worker == self.worker_id) & c.status.not_in(TERMINAL)
         return (c.id == tid) & c.status.not_in(TERMINAL)
 
-    async def _write(self, tid: str, values: dict[str, Any], event: tuple[str, str, Any] | None = None) -> None:
+    async def _write(self, tid: str, values: dict[str, Any], event: tuple[str, str, Any] | None = None, also: Any = None) -> None:
         """Update the transfer and add its event in one transaction; :class:`Abandon` if the lease was lost
         (the job was redelivered to another worker, e.g. after ack_wait passed during a NATS outage)."""
         async with self.rt.db.unit_of_work() as s:
@@ -410,6 +447,8 @@ class TransferWorker:
             if n != 1:
                 log.warning("transfer %s: %s no longer holds it; leaving it to its new worker", tid, self.worker_id)
                 raise Abandon()
+            if also is not None:
+                await s.execute(also)
             if event is not None:
                 subject, msg_type, data = event
                 if data is None:
@@ -443,12 +482,16 @@ class TransferWorker:
                             "total": total, "rate_records_per_s": round(rate, 3), "eta_s": eta}))
 
     async def _finish(self, tid: str, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None,
-                      sha256: str | None = None, records: int | None = None, nbytes: int | None = None) -> None:
+                      sha256: str | None = None, records: int | None = None, nbytes: int | None = None,
+                      resume_cursor: str | None = None, schedule_id: str | None = None) -> None:
         values: dict[str, Any] = {"status": status, "reason": reason, "error": error, "sha256": sha256,
-                                  "finished_at": datetime.now(UTC), "eta_s": None}
+                                  "finished_at": datetime.now(UTC), "eta_s": None, "resume_cursor": resume_cursor}
         if records is not None:
             values |= {"records": records, "bytes": nbytes}
-        await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", None))
+        also = None
+        if schedule_id and resume_cursor:  # the next occurrence asks only for what is new
+            also = models.schedules.update().where(models.schedules.c.id == schedule_id).values(resume_cursor=resume_cursor)
+        await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", None), also=also)
         log.info("transfer %s %s%s", tid, status, f" ({reason})" if reason else "")
 
 

@@ -41,7 +41,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator
         worker_processes=2,
         extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE), "TRANSFER_ACK_WAIT_S": "2",
                    "TRANSFER_RETRY_INITIAL_S": "0.05", "TRANSFER_RETRY_MAX_S": "0.5", "TRANSFER_FETCH_TIMEOUT_S": "1",
-                   "TRANSFER_MAX_DELIVER": "20", "LOG_LEVEL": "INFO"},
+                   "TRANSFER_MAX_FAILURES": "20", "LOG_LEVEL": "INFO"},
     )
     s.start()
     try:
@@ -229,3 +229,80 @@ def test_sigterm_releases_the_job_within_ten_seconds(c: httpx.Client, fstack: St
     for w in fstack.workers():
         w.start()
     assert_exact(c, fstack, wait(c, fstack, t["id"], done))
+
+
+def _limited_holder(c: httpx.Client, s: Stack, pid: str, limits: dict[str, Any]) -> None:
+    r = c.put(f"{s.url('registry')}/participants/{pid}", json={
+        "name": f"Holder {pid}", "roles": ["holder"], "export_base_url": s.url("holder"),
+        "oauth_token_url": f"{s.url('holder')}/oauth/token", "datasets_offered": [DAILY], "limits": limits})
+    assert r.status_code in (200, 201), r.text
+
+
+def _start_with(c: httpx.Client, s: Stack, holder_id: str) -> dict[str, Any]:
+    consent = c.post(f"{s.url('consent')}/consents", json={"data_subject": "subject-limits", "holder_id": holder_id, "recipient_id": CLOUD_ID,
+                                                         "datasets": [DAILY], "purpose": "tests", "one_off": False}).json()
+    token = c.post(f"{s.url('holder')}/dev/tokens", json={"customer_id": CUSTOMER, "datasets": [DAILY]}).json()
+    assert c.post(f"{s.url('consent')}/consents/{consent['id']}/authorise", json=token).status_code == 200
+    return start(c, s, consent["id"])
+
+
+def test_holder_concurrency_limit_holds_across_workers(c: httpx.Client, fstack: Stack) -> None:
+    _limited_holder(c, fstack, "one-at-a-time", {"max_concurrent_transfers": 1})
+    holder_faults(c, fstack, delay_s=0.05)
+    ids = [_start_with(c, fstack, "one-at-a-time")["id"] for _ in range(3)]
+    finished = [wait(c, fstack, tid, done) for tid in ids]
+    for t in finished:
+        assert_exact(c, fstack, t)
+    spans = sorted((t["started_at"], t["finished_at"]) for t in finished)
+    for (_, end), (begin, _) in zip(spans, spans[1:]):
+        assert begin >= end, f"transfers overlapped: {spans}"
+
+
+def test_holder_rate_limit_holds_across_workers(c: httpx.Client, fstack: Stack) -> None:
+    rate = 10
+    _limited_holder(c, fstack, "ten-per-second", {"requests_per_second": rate})
+    before = c.get(f"{fstack.url('holder')}/dev/stats").json()["export_requests"]
+    ids = [_start_with(c, fstack, "ten-per-second")["id"] for _ in range(2)]
+    for tid in ids:
+        assert_exact(c, fstack, wait(c, fstack, tid, done))
+    stats = c.get(f"{fstack.url('holder')}/dev/stats").json()
+    times = sorted(stats["request_times"][-(stats["export_requests"] - before):])
+    assert len(times) >= 38
+    # token bucket with a burst of one second: never more than 2 x rate in any one-second window
+    for i, t0 in enumerate(times):
+        assert sum(1 for t in times[i:] if t < t0 + 1.0) <= 2 * rate
+    assert times[-1] - times[0] >= (len(times) - rate) / rate * 0.9
+
+
+def test_recurring_consent_runs_incremental_transfers_until_revoked(c: httpx.Client, fstack: Stack) -> None:
+    customer = "01234567890"
+    consent = c.post(f"{fstack.url('consent')}/consents", json={
+        "data_subject": "subject-recurring", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID, "datasets": [DAILY],
+        "purpose": "daily update", "one_off": False, "frequency": "PT2S"}).json()
+    assert consent["frequency"] == "PT2S"
+    token = c.post(f"{fstack.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [DAILY]}).json()
+    c.post(f"{fstack.url('consent')}/consents/{consent['id']}/authorise", json=token).raise_for_status()
+
+    def transfers() -> list[dict[str, Any]]:
+        return list(reversed(c.get(f"{fstack.url('transfer')}/transfers", params={"consent_id": consent["id"]}).json()["transfers"]))
+
+    deadline = time.monotonic() + 30
+    while not (ts := [t for t in transfers() if t["status"] == "completed"]):
+        assert time.monotonic() < deadline, transfers()
+        time.sleep(0.1)
+    first = ts[0]
+    assert first["records"] == 365 and not first["incremental"] and first["schedule_id"]
+    new = [dict(holder_records(c, fstack, customer, DAILY)[-1], date=f"2023-03-{d:02d}", value=str(1000 + d)) for d in (9, 10, 11)]
+    c.post(f"{fstack.url('holder')}/dev/append", json={"customer_id": customer, "dataset": DAILY, "records": new}).raise_for_status()
+    deadline = time.monotonic() + 30
+    while not (later := [t for t in transfers() if t["status"] == "completed" and t["records"] == 3]):
+        assert time.monotonic() < deadline, transfers()
+        time.sleep(0.1)
+    assert later[0]["incremental"] and cloud_records(c, fstack, later[0]["id"]) == new
+    # the occurrences in between moved nothing twice
+    assert all(t["records"] in (0, 3, 365) for t in transfers() if t["status"] == "completed")
+    c.post(f"{fstack.url('consent')}/consents/{consent['id']}/revoke", json={}).raise_for_status()
+    time.sleep(1.0)
+    count = len(transfers())
+    time.sleep(4.5)
+    assert len(transfers()) == count, "a transfer was scheduled after the revocation"

@@ -186,6 +186,7 @@ class Bus:
             try:
                 env = envelope.decode(msg.data, expected_type=subject)
                 correlation_id = env["correlation_id"]
+                telemetry.correlation_id.set(correlation_id)
                 result = await handler(env["data"], env)
                 body: dict[str, Any] = {"ok": True, "result": result}
             except BrokerError as exc:

@@ -194,6 +194,7 @@ class PullConsumer:
             except InvalidInput as exc:
                 await self._reject(msg, f"malformed message: {exc.detail}", number)
                 return
+            telemetry.correlation_id.set(env["correlation_id"])
             try:
                 await self.handler(env, delivery)
             except Reject as exc:

@@ -121,6 +121,35 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, trace_id, span_id, correlation_id (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from . import telemetry
+
+        trace_id, span_id = telemetry.current_ids()
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "trace_id": trace_id, "span_id": span_id, "correlation_id": telemetry.correlation_id.get(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Logs to stderr, as text (development) or JSON lines carrying trace and correlation ids (``LOG_FORMAT=json``)."""
+    import time
+
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)

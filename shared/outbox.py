@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -107,7 +108,10 @@ class OutboxRelay:
             try:
                 for row in rows:
                     try:
-                        await self.bus.publish(row.subject, row.envelope.encode("utf-8"), msg_id=row.id, headers=dict(row.headers or {}))
+                        # the producer span continues the trace of the transaction that wrote the event
+                        parent = telemetry.extract_context(dict(row.headers or {}))
+                        with telemetry.tracer().start_as_current_span(f"{row.subject} publish", context=parent, kind=SpanKind.PRODUCER):
+                            await self.bus.publish(row.subject, row.envelope.encode("utf-8"), msg_id=row.id, headers=telemetry.inject_headers())
                     except Unavailable:
                         log.warning("outbox: NATS unavailable, %s stays pending", row.id)
                         return published

@@ -87,14 +87,24 @@ def build_app(
                 await on_stop(runtime)
             await runtime.stop()
 
+    telemetry.setup(runtime.name)
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
+    telemetry.instrument_app(app)
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Any:
+        """Prometheus text format of the service's OpenTelemetry metrics."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Any:
@@ -122,7 +132,7 @@ def serve_main(service: str, make_app: Callable[[Settings], FastAPI], argv: list
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = make_app(settings)
     uvicorn.run(
         app,

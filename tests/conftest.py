@@ -76,7 +76,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[
         nats_url=None,
         database_url=database_url,
         holder_files=files,
-        extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE_LIMIT), "LOG_LEVEL": "INFO"},
+        extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE_LIMIT), "LOG_LEVEL": "INFO",
+                   "OTEL_SPANS_FILE": str(data_dir / "spans")},
     )
     s.start()
     try:

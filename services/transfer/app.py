@@ -7,6 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 
+from opentelemetry.metrics import Observation
+
+from shared import subjects, telemetry
 from shared.consumer import PullConsumer
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
@@ -47,11 +50,41 @@ async def resume_transfer(transfer_id: str, request: Request) -> Any:
     return await service.resume_transfer(_rt(request), transfer_id=transfer_id)
 
 
+class QueueLag:
+    """``transfer_queue_pending``: jobs waiting on the work queue, and ``transfer_queue_ack_pending``,
+    jobs being worked on, read from the durable consumer every 5 s."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.ack_pending = 0
+        self._task: asyncio.Task[None] | None = None
+        m = telemetry.meter()
+        m.create_observable_gauge("transfer_queue_pending", callbacks=[lambda _o: [Observation(self.pending)]])
+        m.create_observable_gauge("transfer_queue_ack_pending", callbacks=[lambda _o: [Observation(self.ack_pending)]])
+
+    def start(self, rt: Runtime) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    info = await rt.require_bus().js.consumer_info("TRANSFER_JOBS", subjects.TRANSFER_WORKERS_DURABLE)
+                    self.pending, self.ack_pending = int(info.num_pending or 0), int(info.num_ack_pending or 0)
+                except Exception:  # not created yet, NATS away: try again
+                    pass
+                await asyncio.sleep(5)
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime("transfer", models.metadata, models.outbox, settings)
     consumers: list[PullConsumer] = []
 
     scheduler = Scheduler(rt)
+    lag = QueueLag()
 
     async def on_start(rt: Runtime) -> None:
         consumers.extend(await make_consumers(rt, rt.settings.transfer_workers_in_process))
@@ -60,8 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             c.start()
         rt.ready_checks["workers"] = lambda: all(c.running for c in consumers)
         scheduler.start()
+        lag.start(rt)
 
     async def on_stop(rt: Runtime) -> None:
+        await lag.stop()
         await scheduler.stop()
         await asyncio.gather(*(c.stop(timeout=5.0) for c in consumers))
 

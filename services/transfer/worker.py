@@ -47,7 +47,7 @@ from referencing import Registry
 from sqlalchemy import select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from shared import envelope, subjects
+from shared import envelope, subjects, telemetry
 from shared.canonical import RecordDigest
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
@@ -62,6 +62,10 @@ log = logging.getLogger("services.transfer.worker")
 
 END = ""  # stored cursor once the holder has served its last page
 _worker_numbers = itertools.count(1)
+_meter = telemetry.meter()
+TRANSFERS_ENDED = _meter.create_counter("transfers_ended", description="transfers that ended, by status and reason")
+RECORDS_MOVED = _meter.create_counter("transfer_records_moved", description="records delivered to recipients")
+BYTES_MOVED = _meter.create_counter("transfer_bytes_moved", unit="By", description="bytes of canonical records delivered")
 MAX_EMPTY_PAGES = 100
 
 
@@ -201,7 +205,9 @@ class TransferWorker:
         self._slot = None
         keep_slot = False  # a released or abandoned job keeps its slot for whoever runs it next
         try:
-            await self._run(row, env, delivery)
+            with telemetry.tracer().start_as_current_span("transfer run", attributes={"transfer.id": tid, "transfer.dataset": row.dataset,
+                                                                                      "messaging.delivery": delivery.number}):
+                await self._run(row, env, delivery)
         except NoSlot as exc:
             raise Postpone(str(exc), exc.delay) from None
         except TransferEnded as end:
@@ -311,9 +317,10 @@ class TransferWorker:
         if cursor:
             params["cursor"] = cursor
         for refreshed in (False, True):
-            resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
-                                    headers={"Authorization": f"Bearer {self._access_token}", "X-Correlation-Id": corr},
-                                    before=lambda: self._before_holder_request(row, corr))
+            with telemetry.tracer().start_as_current_span("holder page", attributes={"transfer.id": row.id}):
+                resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
+                                        headers={"Authorization": f"Bearer {self._access_token}", "X-Correlation-Id": corr},
+                                        before=lambda: self._before_holder_request(row, corr))
             if resp.status_code != 401 or refreshed:
                 break
             # expired mid-transfer: refresh through the consent service and ask again
@@ -398,15 +405,20 @@ class TransferWorker:
                 if records:
                     batch += 1
                     await delivery.heartbeat()
-                    put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/batches/{batch}", json={"dataset": row.dataset, "records": records},
-                                           headers={**recipient_headers, "Idempotency-Key": f"{tid}:{batch}"})
+                    with telemetry.tracer().start_as_current_span("recipient batch", attributes={"transfer.id": tid, "transfer.batch": batch}):
+                        put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/batches/{batch}",
+                                               json={"dataset": row.dataset, "records": records},
+                                               headers={**recipient_headers, "Idempotency-Key": f"{tid}:{batch}"})
                     if put.status_code in (413, 507):
                         raise TransferEnded("failed", "destination_full", {
                             "message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch,
                             "delivered_records": digest.count})
                     if put.status_code not in (200, 201):
                         raise TransferEnded("failed", "recipient_error", {"message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch})
+                    before_bytes = digest.bytes
                     digest.update(records)
+                    RECORDS_MOVED.add(len(records), {"dataset": row.dataset})
+                    BYTES_MOVED.add(digest.bytes - before_bytes, {"dataset": row.dataset})
                     elapsed = max(time.monotonic() - started, 1e-6)
                     rate = (digest.count - sent_at_start) / elapsed
                     eta = (total - digest.count) / rate if total and rate > 0 and total >= digest.count else None
@@ -418,7 +430,8 @@ class TransferWorker:
                     log.info("transfer %s released after batch %d: worker stopping", tid, batch)
                     raise Release()
             manifest = {"dataset": row.dataset, "records": digest.count, "sha256": digest.hexdigest(), "batches": batch}
-            put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/manifest", json=manifest, headers=recipient_headers)
+            with telemetry.tracer().start_as_current_span("recipient manifest", attributes={"transfer.id": tid}):
+                put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/manifest", json=manifest, headers=recipient_headers)
             body: dict[str, Any] = {}
             try:
                 body = put.json()
@@ -492,6 +505,7 @@ class TransferWorker:
         if schedule_id and resume_cursor:  # the next occurrence asks only for what is new
             also = models.schedules.update().where(models.schedules.c.id == schedule_id).values(resume_cursor=resume_cursor)
         await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{status}", f"transfer.events.{status}", None), also=also)
+        TRANSFERS_ENDED.add(1, {"status": status, "reason": reason or ""})
         log.info("transfer %s %s%s", tid, status, f" ({reason})" if reason else "")
 
 

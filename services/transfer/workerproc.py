@@ -41,5 +41,5 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.transfer worker")
     parser.add_argument("--count", type=int, default=1, help="workers in this process")
     args = parser.parse_args(argv)
-    setup_logging(Settings().log_level)
+    setup_logging(Settings().log_level, Settings().log_format)
     asyncio.run(run(args.count))

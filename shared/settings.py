@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     # bearer token the broker presents to recipients' import endpoints
     broker_recipient_token: str = DEV_RECIPIENT_TOKEN
     # AES-256-GCM key (base64url, 32 bytes) sealing holder tokens at rest
@@ -46,12 +47,18 @@ class Settings(BaseSettings):
     transfer_workers_in_process: int = 1
     transfer_fetch_timeout_s: float = 2.0
     transfer_ack_wait_s: float = 60.0
-    transfer_max_deliver: int = 10
+    transfer_max_failures: int = 10
     transfer_http_attempts: int = 5
     transfer_retry_initial_s: float = 0.2
     transfer_retry_max_s: float = 10.0
     nats_request_timeout_s: float = 5.0
     max_request_bytes: int = 1024 * 1024
+    # consent log (RFC 9162 style, C2SP signed checkpoints): Ed25519 seed (base64, 32 bytes) signing the
+    # checkpoints (the default is the development key, refused outside development), the log's origin
+    # line and signer name, and the longest wait in seconds between an append and its checkpoint
+    log_signing_key: str = "cG9ydGFiaWxpdHktZGV2LWxvZy1rZXktbm90LXNlYyE="
+    log_origin: str = "portability-broker.example/consent-log"
+    log_checkpoint_interval_s: float = 1.0
 
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> Settings:
@@ -59,6 +66,12 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_RECIPIENT_TOKEN must be set outside development mode")
         if self.environment != "development" and self.token_encryption_key == DEV_TOKEN_ENCRYPTION_KEY:
             raise ValueError("TOKEN_ENCRYPTION_KEY must be set outside development mode")
+        if self.environment != "development" and self.log_signing_key == type(self).model_fields["log_signing_key"].default:
+            raise ValueError("LOG_SIGNING_KEY must be set outside development mode")
+        import base64
+
+        if len(base64.b64decode(self.log_signing_key.encode("ascii"), validate=True)) != 32:
+            raise ValueError("LOG_SIGNING_KEY must be the base64 of a 32-byte Ed25519 seed")
         return self
 
     def database_url_for(self, service: str) -> str:

@@ -76,6 +76,9 @@ def test_settings_refuse_development_secrets_in_production(monkeypatch: pytest.M
     with pytest.raises(ValueError, match="TOKEN_ENCRYPTION_KEY"):
         Settings()
     monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", "A" * 43 + "=")
+    with pytest.raises(ValueError, match="LOG_SIGNING_KEY"):
+        Settings()
+    monkeypatch.setenv("LOG_SIGNING_KEY", "B" * 43 + "=")
     assert Settings().environment == "production"
 
 

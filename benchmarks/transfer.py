@@ -58,7 +58,7 @@ def broker_run(c: httpx.Client, s: Stack, n: int) -> float:
     for tid in ids:
         while True:
             t = c.get(f"{s.url('transfer')}/transfers/{tid}").json()
-            if t["status"] in ("completed", "failed", "cancelled"):
+            if t["status"] in ("completed", "partial", "failed", "cancelled"):
                 assert t["status"] == "completed", t
                 break
             time.sleep(0.05)

@@ -213,7 +213,7 @@ def transfer_watch(
                 progress.update(task, description=str(t["status"]), completed=float(t["records"]),  # type: ignore[arg-type]
                                 total=float(total) if total else None, total_text=f"{total:,}" if total else "?",  # type: ignore[str-format]
                                 mb=float(t["bytes"]) / 1e6, rate=float(t.get("rate_records_per_s") or 0.0))  # type: ignore[arg-type]
-                if t["status"] in ("completed", "failed", "cancelled"):
+                if t["status"] in ("completed", "partial", "failed", "cancelled"):
                     break
                 time.sleep(interval)
                 t = fetch()

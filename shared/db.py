@@ -1,6 +1,6 @@
 """SQLAlchemy 2 async engine and unit of work, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
-SQLite: WAL, a busy timeout, and every transaction opened with ``BEGIN IMMEDIATE``
+SQLite: WAL, a busy timeout, and every writing transaction opened with ``BEGIN IMMEDIATE``
 (the SQLAlchemy aiosqlite recipe; see STACK_PITFALLS S1/S2), so concurrent writers
 wait instead of failing with "database is locked" and SAVEPOINTs roll back.
 PostgreSQL: each service's tables live in its own schema, via ``schema_translate_map``.
@@ -32,8 +32,15 @@ class Database:
             kwargs["execution_options"] = {"schema_translate_map": {None: self.schema}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _sqlite_recipe(self.engine)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+            _sqlite_recipe(self.engine, begin="BEGIN IMMEDIATE")
+            # reads need no write lock: a second engine whose transactions begin deferred
+            self.read_engine: AsyncEngine = create_async_engine(url, **kwargs)
+            _sqlite_recipe(self.read_engine, begin="BEGIN")
+        else:
+            self.read_engine = self.engine
+        self.writer = async_sessionmaker(self.engine, expire_on_commit=False)
+        # ``sessions()`` is for reading; ``unit_of_work()`` for every change
+        self.sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     async def create_all(self) -> None:
         """Create the schema (PostgreSQL) and every table that does not exist yet."""
@@ -49,15 +56,17 @@ class Database:
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed when the block ends normally, rolled back otherwise."""
-        async with self.sessions() as session:
+        async with self.writer() as session:
             async with session.begin():
                 yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
-def _sqlite_recipe(engine: AsyncEngine) -> None:
+def _sqlite_recipe(engine: AsyncEngine, *, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -69,4 +78,4 @@ def _sqlite_recipe(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)

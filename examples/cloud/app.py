@@ -44,9 +44,17 @@ class Batch(BaseModel):
     records: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
 
 
+class Refusal(BaseModel):
+    index: int  # position of the record in the batch, from 0
+    reason: str
+
+
 class BatchAck(BaseModel):
+    """``stored`` (201) or ``duplicate`` (200); ``refused`` lists the records the recipient would not keep."""
+
     status: str  # "stored" | "duplicate"
     records: int
+    refused: list[Refusal] = []
 
 
 class Manifest(BaseModel):
@@ -68,6 +76,7 @@ class Faults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fail_every: int = Field(default=0, ge=0)
     capacity_records: int | None = Field(default=None, ge=0)
+    refuse_values: list[str] = Field(default_factory=list, description="refuse records whose value is one of these")
 
 
 class Db:
@@ -123,23 +132,26 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
             if faults.fail_every and state["batch_requests"] % faults.fail_every == 0:
                 return problem(500, "Internal Server Error", "injected fault")
             conn = db.conn
+            refused = [{"index": i, "reason": "value not accepted by this cloud"} for i, r in enumerate(body.records)
+                       if str(r.get("value")) in faults.refuse_values]
+            kept = [r for i, r in enumerate(body.records) if i not in {x["index"] for x in refused}]
             if conn.execute("SELECT 1 FROM batches WHERE idempotency_key = ?", (idempotency_key,)).fetchone():
                 state["duplicates"] += 1
-                return JSONResponse({"status": "duplicate", "records": len(body.records)}, status_code=200)
+                return JSONResponse({"status": "duplicate", "records": len(kept), "refused": refused}, status_code=200)
             if faults.capacity_records is not None:
                 held = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
                 if held + len(body.records) > faults.capacity_records:
                     return problem(507, "Insufficient Storage", f"no room for {len(body.records)} more records")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (idempotency_key, transfer_id, n, body.dataset, len(body.records)))
+                conn.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (idempotency_key, transfer_id, n, body.dataset, len(kept)))
                 conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                                 [(transfer_id, n, i, body.dataset, json.dumps(r, ensure_ascii=False)) for i, r in enumerate(body.records)])
+                                 [(transfer_id, n, i, body.dataset, json.dumps(r, ensure_ascii=False)) for i, r in enumerate(kept)])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return {"status": "stored", "records": len(body.records)}
+        return {"status": "stored", "records": len(kept), "refused": refused}
 
     def stored(transfer_id: str) -> list[dict[str, Any]]:
         with db.lock:

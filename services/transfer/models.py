@@ -19,6 +19,7 @@ transfers = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("reason", String(64), nullable=True),
     Column("error", JSON, nullable=True),
+    Column("refused", JSON, nullable=True),
     Column("cursor", String(2048), nullable=True),
     Column("start_cursor", String(2048), nullable=True),
     Column("resume_cursor", String(2048), nullable=True),

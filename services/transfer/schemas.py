@@ -23,6 +23,8 @@ class Transfer(BaseModel):
     ``destination_full`` (413 or 507 from the recipient; ``error.delivered_records`` arrived),
     ``manifest_mismatch`` (the recipient's records differ from what was sent),
     ``retries_exhausted`` (transient failures outlived every retry and redelivery);
+    ``partial`` transfers (``records_refused``): the recipient refused some records, listed in
+    ``error.refused`` (position in the holder's order, batch, reason); the others arrived.
     ``cancelled`` transfers: ``consent_revoked``, ``consent_expired``, ``participant_suspended``,
     ``participant_revoked``.
     """
@@ -32,7 +34,7 @@ class Transfer(BaseModel):
     dataset: str
     holder_id: str
     recipient_id: str
-    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status: Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
     reason: str | None = None
     error: dict[str, Any] | None = None
     batches: int

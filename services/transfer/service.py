@@ -15,7 +15,7 @@ from shared.runtime import Runtime
 
 from . import models
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL = frozenset({"completed", "partial", "failed", "cancelled"})
 RESUMABLE = frozenset({"destination_full", "retries_exhausted", "recipient_error", "holder_error"})
 
 

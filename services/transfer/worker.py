@@ -168,6 +168,24 @@ async def make_consumers(rt: Runtime, count: int) -> list[PullConsumer]:
     return out
 
 
+MAX_REFUSED_LISTED = 1000
+
+
+def _refused_indexes(resp: httpx.Response, size: int) -> dict[int, str]:
+    """``{index: reason}`` of the records of a batch that the recipient refused (its ack's ``refused``
+    list, recipient import contract). Reasons are cut to 200 characters; malformed items are ignored."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    out: dict[int, str] = {}
+    items = body.get("refused") if isinstance(body, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < size:
+            out[item["index"]] = str(item.get("reason", ""))[:200]
+    return out
+
+
 def _problem_of(resp: httpx.Response) -> str:
     """The title of a participant's problem-details answer, never its body: an error body may
     echo personal data, which the broker must not keep (it goes into ``transfer.error``)."""
@@ -366,7 +384,9 @@ class TransferWorker:
         export = holder["export_base_url"].rstrip("/")
         imp = recipient["import_base_url"].rstrip("/")
         recipient_headers = {"Authorization": f"Bearer {s.broker_recipient_token}", "X-Correlation-Id": corr}
-        digest = RecordDigest()
+        digest = RecordDigest()  # of the records the recipient accepted, in order
+        served = 0  # records read from the holder (accepted + refused): positions count in these
+        refused: list[dict[str, Any]] = []  # records the recipient refused: position, batch, reason
         async with httpx.AsyncClient(timeout=s.transfer_http_timeout_s) as client:
             batch, cursor = 0, row.start_cursor
             self._resume_cursor = None
@@ -374,14 +394,17 @@ class TransferWorker:
             await self._start(tid, attempt=delivery.number, resume=resuming)
             if resuming:
                 # recompute the digest of what was delivered, reading (not pushing) those pages again
+                refused = list(row.refused or [])
+                skip = {r["position"] for r in refused}
                 for _ in range(row.batches):
                     await delivery.heartbeat()
                     records, cursor, _total = await self._page(client, row, export, cursor, corr)
-                    digest.update(records)
+                    digest.update(r for i, r in enumerate(records) if served + i not in skip)
+                    served += len(records)
                     batch += 1
                 if digest.count != row.records or (cursor or END) != row.cursor:
                     log.warning("transfer %s: holder pages changed since the crash; starting again", tid)
-                    digest, batch, cursor = RecordDigest(), 0, row.start_cursor
+                    digest, batch, cursor, served, refused = RecordDigest(), 0, row.start_cursor, 0, []
                 else:
                     log.info("transfer %s resumes after batch %d (%d records)", tid, batch, digest.count)
             done = resuming and batch > 0 and row.cursor == END
@@ -398,8 +421,8 @@ class TransferWorker:
                     err = next(iter(validator.iter_errors(record)), None)
                     if err is not None:
                         raise TransferEnded("failed", "schema_violation", {
-                            "message": f"record {digest.count + i} breaks the {row.dataset} schema: {err.message}",
-                            "position": digest.count + i, "schema_error": err.message,
+                            "message": f"record {served + i} breaks the {row.dataset} schema: {err.message}",
+                            "position": served + i, "schema_error": err.message,
                             "path": "/" + "/".join(map(str, err.absolute_path)),
                         })
                 if records:
@@ -415,15 +438,18 @@ class TransferWorker:
                             "delivered_records": digest.count})
                     if put.status_code not in (200, 201):
                         raise TransferEnded("failed", "recipient_error", {"message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch})
+                    refused_here = _refused_indexes(put, len(records))
+                    refused += [{"position": served + i, "batch": batch, "index": i, "reason": why} for i, why in refused_here.items()]
                     before_bytes = digest.bytes
-                    digest.update(records)
-                    RECORDS_MOVED.add(len(records), {"dataset": row.dataset})
+                    digest.update(r for i, r in enumerate(records) if i not in refused_here)
+                    served += len(records)
+                    RECORDS_MOVED.add(len(records) - len(refused_here), {"dataset": row.dataset})
                     BYTES_MOVED.add(digest.bytes - before_bytes, {"dataset": row.dataset})
                     elapsed = max(time.monotonic() - started, 1e-6)
                     rate = (digest.count - sent_at_start) / elapsed
-                    eta = (total - digest.count) / rate if total and rate > 0 and total >= digest.count else None
+                    eta = (total - served) / rate if total and rate > 0 and total >= served else None
                     await self._progress(tid, cursor=next_cursor if next_cursor else END, batches=batch, records=digest.count,
-                                         nbytes=digest.bytes, rate=rate, eta_s=eta, total=total)
+                                         nbytes=digest.bytes, rate=rate, eta_s=eta, total=total, refused=refused)
                 done = next_cursor is None
                 cursor = next_cursor
                 if delivery.stopping and not done:
@@ -440,8 +466,14 @@ class TransferWorker:
             if put.status_code != 200 or not isinstance(body, dict) or body.get("match") is not True:
                 raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({put.status_code})",
                                                                      "manifest": manifest, "recipient": body if isinstance(body, dict) else None})
-        await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
-                           resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
+        if refused:  # what arrived is exactly what the recipient holds, but not all that the holder served
+            await self._finish(tid, "partial", reason="records_refused", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
+                               error={"message": f"the recipient refused {len(refused)} of {served} records",
+                                      "refused_count": len(refused), "refused": refused[:MAX_REFUSED_LISTED]},
+                               resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
+        else:
+            await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
+                               resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
 
     # ---- state changes (each with its event, in one transaction) ----------------------
 
@@ -486,10 +518,11 @@ class TransferWorker:
         await self._write(tid, values, (f"{subjects.TRANSFER_EVENTS}.{kind}", f"transfer.events.{kind}", None))
         self._owned = True
 
-    async def _progress(self, tid: str, *, cursor: str, batches: int, records: int, nbytes: int, rate: float, eta_s: float | None, total: int | None) -> None:
+    async def _progress(self, tid: str, *, cursor: str, batches: int, records: int, nbytes: int, rate: float, eta_s: float | None,
+                        total: int | None, refused: list[dict[str, Any]]) -> None:
         eta = round(eta_s, 3) if eta_s is not None else None
         await self._write(tid, {"cursor": cursor, "batches": batches, "records": records, "bytes": nbytes, "total": total,
-                                "rate": round(rate, 3), "eta_s": eta},
+                                "rate": round(rate, 3), "eta_s": eta, "refused": refused or None},
                           (f"{subjects.TRANSFER_EVENTS}.progress", "transfer.events.progress",
                            {"transfer_id": tid, "batches": batches, "pages": batches, "records": records, "bytes": nbytes,
                             "total": total, "rate_records_per_s": round(rate, 3), "eta_s": eta}))

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.canonical import records_digest
 from shared.demo import CLOUD_ID, HOLDER_ID, cloud_records, holder_records, register_participants
 from shared.launcher import Stack
 
@@ -96,7 +97,7 @@ def wait(c: httpx.Client, s: Stack, tid: str, until: Any, timeout: float = 60.0,
 
 
 def done(t: dict[str, Any]) -> bool:
-    return t["status"] in ("completed", "failed", "cancelled")
+    return t["status"] in ("completed", "partial", "failed", "cancelled")
 
 
 def assert_exact(c: httpx.Client, s: Stack, t: dict[str, Any]) -> None:
@@ -306,3 +307,17 @@ def test_recurring_consent_runs_incremental_transfers_until_revoked(c: httpx.Cli
     count = len(transfers())
     time.sleep(4.5)
     assert len(transfers()) == count, "a transfer was scheduled after the revocation"
+
+
+def test_records_refused_by_the_recipient_make_a_partial_transfer(c: httpx.Client, fstack: Stack) -> None:
+    held = holder_records(c, fstack, CUSTOMER, DAILY)
+    refuse = {held[0]["value"], held[200]["value"]}
+    c.put(f"{fstack.url('cloud')}/dev/faults", json={"refuse_values": sorted(refuse)}).raise_for_status()
+    t = wait(c, fstack, start(c, fstack)["id"], done)
+    assert t["status"] == "partial" and t["reason"] == "records_refused", t
+    positions = [i for i, r in enumerate(held) if r["value"] in refuse]
+    assert [r["position"] for r in t["error"]["refused"]] == positions
+    assert t["error"]["refused_count"] == len(positions) and all(r["reason"] for r in t["error"]["refused"])
+    kept = [r for r in held if r["value"] not in refuse]
+    assert cloud_records(c, fstack, t["id"]) == kept and t["records"] == len(kept)
+    assert t["sha256"] == records_digest(kept)

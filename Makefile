@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INPUT ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test test-unit bench contracts clean
+.PHONY: install run demo test test-unit bench contracts migration clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test: install
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
+migration: install
+	$(PY) -m shared.migrations revision $(SERVICE) "$(MESSAGE)"
+
 contracts: install
 	$(PY) -m examples.contracts
 
@@ -35,3 +38,4 @@ clean:
 
 bench: install
 	$(PY) -m benchmarks.transfer
+	$(PY) -m benchmarks.consent_log

@@ -199,7 +199,7 @@ class Bus:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 body = {"ok": False, "error": BrokerError("internal error").to_problem()}
             if msg.reply:
-                reply = envelope.make("reply", body, correlation_id=correlation_id)
+                reply = envelope.make("reply", body, correlation_id=correlation_id, check=False)
                 try:
                     await msg.respond(envelope.encode(reply))
                 except Exception:  # pragma: no cover - connection lost while replying

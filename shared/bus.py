@@ -52,6 +52,7 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
         self.closing = False
+        self.replicas = 1
 
     @classmethod
     async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
@@ -101,8 +102,9 @@ class Bus:
 
     # ---- JetStream set-up -------------------------------------------------------------
 
-    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-        """Create each stream if missing (file storage, dedupe window); idempotent across services."""
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS, *, replicas: int = 1) -> None:
+        """Create each stream if missing (file storage, dedupe window, ``replicas`` copies); idempotent across services."""
+        self.replicas = replicas
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -110,6 +112,7 @@ class Bus:
                 retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,
+                num_replicas=replicas,
             )
             try:
                 await self.js.stream_info(spec.name)

@@ -35,10 +35,10 @@ def register_participants(client: httpx.Client, stack: Stack) -> None:
     datasets = sorted(DATASET_TYPES)
     _ok(client.put(f"{stack.url('registry')}/participants/{HOLDER_ID}", json={
         "name": "Demo electricity distributor", "roles": ["holder"], "export_base_url": stack.url("holder"),
-        "oauth_token_url": f"{stack.url('holder')}/oauth/token", "datasets_offered": datasets}))
+        "oauth_token_url": f"{stack.url('holder')}/oauth/token", "datasets_offered": datasets, "allow_private_network": True}))
     _ok(client.put(f"{stack.url('registry')}/participants/{CLOUD_ID}", json={
         "name": "Demo personal cloud", "roles": ["recipient"], "import_base_url": stack.url("cloud"),
-        "datasets_accepted": datasets}))
+        "datasets_accepted": datasets, "allow_private_network": True}))
 
 
 def pick_customer_dataset(client: httpx.Client, stack: Stack, dataset: str | None = None) -> tuple[str, str]:

@@ -30,11 +30,15 @@ class Settings(BaseSettings):
     database_url: str | None = None
     db_schema_prefix: str = ""
     nats_url: str = "nats://127.0.0.1:4222"
+    # replicas of the JetStream streams and key-value buckets the services create (3 on a 3-node cluster)
+    nats_stream_replicas: int = 1
     data_dir: Path = Path("var")
     http_host: str = "127.0.0.1"
     http_port: int = 0
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # bring the database to the latest migration at start (also the --migrate flag)
+    migrate: bool = False
     # bearer token the broker presents to recipients' import endpoints
     broker_recipient_token: str = DEV_RECIPIENT_TOKEN
     # AES-256-GCM key (base64url, 32 bytes) sealing holder tokens at rest

@@ -20,6 +20,21 @@ def _rt(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def _cacheable(request: Request, body: Any, model: Any) -> Response:
+    """A discovery answer with a strong ETag and ``Cache-Control`` (RFC 9111); 304 if the client's copy is current."""
+    import hashlib
+    import json
+
+    from fastapi.encoders import jsonable_encoder
+
+    payload = json.dumps(jsonable_encoder(model.model_validate(body), by_alias=True), separators=(",", ":"), sort_keys=True).encode()
+    etag = '"' + hashlib.sha256(payload).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=30"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(payload, media_type="application/json", headers=headers)
+
+
 @router.post("/participants", status_code=201, response_model=Participant, tags=["participants"])
 async def create_participant(body: ParticipantCreate, request: Request) -> Any:
     """Register a data holder and/or data recipient. 409 if the id is taken."""
@@ -36,14 +51,22 @@ async def put_participant(body: ParticipantIn, request: Request, response: Respo
     return out
 
 
-@router.get("/participants", response_model=ParticipantList, tags=["participants"])
+@router.get("/participants", response_model=ParticipantList, tags=["discovery"])
 async def list_participants(request: Request, limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
-    return {"participants": await service.list_participants(_rt(request), limit=limit, offset=offset)}
+    """Participants, their endpoints, keys and status (public, cacheable: ETag, Cache-Control)."""
+    return _cacheable(request, {"participants": await service.list_participants(_rt(request), limit=limit, offset=offset)}, ParticipantList)
 
 
-@router.get("/participants/{participant_id}", response_model=Participant, tags=["participants"])
+@router.get("/participants/{participant_id}", response_model=Participant, tags=["discovery"])
 async def get_participant(participant_id: str, request: Request) -> Any:
-    return await service.get_participant(_rt(request), participant_id=participant_id)
+    return _cacheable(request, await service.get_participant(_rt(request), participant_id=participant_id), Participant)
+
+
+@router.get("/changes", tags=["admin"])
+async def list_changes(request: Request, target: str | None = Query(None, max_length=200), limit: int = Query(100, ge=1, le=500),
+                       offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
+    """Every change to the registry, newest first, with who made it and when."""
+    return {"changes": await service.list_changes(_rt(request), target=target, limit=limit, offset=offset)}
 
 
 @router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"])
@@ -52,14 +75,15 @@ async def change_status(participant_id: str, body: StatusChange, request: Reques
     return await service.set_status(_rt(request), participant_id=participant_id, status=body.status, reason=body.reason)
 
 
-@router.get("/datasets", response_model=DatasetList, response_model_by_alias=True, tags=["datasets"])
+@router.get("/datasets", response_model=DatasetList, response_model_by_alias=True, tags=["discovery"])
 async def list_datasets(request: Request) -> Any:
-    return {"datasets": await service.list_datasets(_rt(request))}
+    """The dataset catalogue (public, cacheable)."""
+    return _cacheable(request, {"datasets": await service.list_datasets(_rt(request))}, DatasetList)
 
 
-@router.get("/datasets/{dataset_id}", response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])
+@router.get("/datasets/{dataset_id}", response_model=DatasetType, response_model_by_alias=True, tags=["discovery"])
 async def get_dataset(dataset_id: str, request: Request) -> Any:
-    return await service.get_dataset(_rt(request), dataset_id=dataset_id)
+    return _cacheable(request, await service.get_dataset(_rt(request), dataset_id=dataset_id), DatasetType)
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])

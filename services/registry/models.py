@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Integer, MetaData, String, Table, Text
 
 from shared.outbox import outbox_table
 
@@ -20,6 +20,15 @@ participants = Table(
     Column("import_base_url", String(500), nullable=True),
     Column("oauth_token_url", String(500), nullable=True),
     Column("limits", JSON, nullable=True),
+    Column("legal_entity", JSON, nullable=True),
+    Column("brands", JSON, nullable=True),
+    Column("contacts", JSON, nullable=True),
+    Column("notification_url", String(500), nullable=True),
+    Column("authorization_server_metadata_url", String(500), nullable=True),
+    Column("jwks_uri", String(500), nullable=True),
+    Column("jwks", JSON, nullable=True),
+    Column("allow_private_network", Boolean, nullable=False, default=False),
+    Column("status_effective_at", DateTime(timezone=True), nullable=True),
     Column("datasets_offered", JSON, nullable=False),
     Column("datasets_accepted", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -35,6 +44,18 @@ dataset_types = Table(
     Column("description", Text, nullable=False),
     Column("schema", JSON, nullable=False),
     Column("units", JSON, nullable=False),
+)
+
+# every change, with who made it and when
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False, index=True),
+    Column("details", JSON, nullable=False),
 )
 
 outbox = outbox_table(metadata)

@@ -20,12 +20,41 @@ class Limits(BaseModel):
     requests_per_second: float | int | None = Field(default=None, gt=0, le=100_000)
 
 
+class LegalEntity(BaseModel):
+    """The controller behind a participant (as in the CDR register's LegalEntity)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=300)
+    identifiers: dict[str, str] = Field(default_factory=dict, max_length=10,
+                                        description='national or global identifiers, e.g. {"SIREN": "552081317", "LEI": "…"}')
+    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+
+
+class Contact(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str | None = Field(default=None, max_length=200)
+    email: str = Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    role: str | None = Field(default=None, max_length=100, description="e.g. technical, data protection officer")
+
+
 class ParticipantIn(BaseModel):
-    """A data holder and/or data recipient. A holder needs ``export_base_url``, a recipient ``import_base_url``."""
+    """A data holder and/or data recipient. A holder needs ``export_base_url``, a recipient ``import_base_url``.
+
+    Endpoint URLs are checked: https only outside development; no credentials; no loopback,
+    private or link-local address unless ``allow_private_network`` (an SSRF guard).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=200)
     roles: list[Role] = Field(min_length=1, max_length=2)
+    legal_entity: LegalEntity | None = None
+    brands: list[str] = Field(default_factory=list, max_length=20)
+    contacts: list[Contact] = Field(default_factory=list, max_length=20)
+    notification_url: str | None = Field(default=None, max_length=500, description="where consent notifications are sent")
+    authorization_server_metadata_url: str | None = Field(default=None, max_length=500, description="a holder's RFC 8414 metadata")
+    jwks_uri: str | None = Field(default=None, max_length=500)
+    jwks: dict[str, Any] | None = Field(default=None, description="inline JWK Set (RFC 7517), instead of jwks_uri")
+    allow_private_network: bool = Field(default=False, description="allow endpoints on loopback or private addresses")
     export_base_url: str | None = Field(default=None, max_length=500)
     import_base_url: str | None = Field(default=None, max_length=500)
     oauth_token_url: str | None = Field(default=None, max_length=500, description="a holder's OAuth 2.0 token endpoint (refresh of tokens)")
@@ -43,6 +72,7 @@ class Participant(ParticipantIn):
     id: str
     status: Status
     status_reason: str | None = None
+    status_effective_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +21,24 @@ from shared.runtime import Runtime
 from . import models
 
 
+PROFILE_FIELDS = ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url", "limits", "legal_entity",
+                  "brands", "contacts", "notification_url", "authorization_server_metadata_url", "jwks_uri", "jwks",
+                  "allow_private_network")
+URL_FIELDS = ("export_base_url", "import_base_url", "oauth_token_url", "notification_url", "authorization_server_metadata_url", "jwks_uri")
+
+
+def _ts(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
 def _participant(row: Any) -> dict[str, Any]:
     return {
+        "legal_entity": row.legal_entity, "brands": list(row.brands or []), "contacts": list(row.contacts or []),
+        "notification_url": row.notification_url, "authorization_server_metadata_url": row.authorization_server_metadata_url,
+        "jwks_uri": row.jwks_uri, "jwks": row.jwks, "allow_private_network": bool(row.allow_private_network),
+        "status_effective_at": _ts(row.status_effective_at),
         "id": row.id,
         "name": row.name,
         "roles": list(row.roles),
@@ -33,14 +50,32 @@ def _participant(row: Any) -> dict[str, Any]:
         "limits": dict(row.limits) if row.limits else None,
         "datasets_offered": list(row.datasets_offered),
         "datasets_accepted": list(row.datasets_accepted),
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
+        "created_at": _ts(row.created_at),
+        "updated_at": _ts(row.updated_at),
     }
 
 
 def _dataset(row: Any) -> dict[str, Any]:
     return {"id": row.id, "version": row.version, "title": row.title, "description": row.description,
             "schema": row.schema, "units": dict(row.units)}
+
+
+async def _check_address(host: str, field: str) -> None:
+    """Refuse a host that is, or resolves to, a loopback, private, link-local or otherwise
+    non-public address (the SSRF guard). A name that does not resolve yet is let through."""
+    import ipaddress
+
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for a in addresses:
+        if not a.is_global or a.is_multicast:
+            raise InvalidInput(f"{field} points to a non-public address ({a}); set allow_private_network to allow it")
 
 
 def _check_url(url: str | None, field: str, *, development: bool) -> None:
@@ -74,9 +109,12 @@ async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
     if body.get("datasets_accepted") and "recipient" not in roles:
         raise InvalidInput("only a data recipient can accept datasets")
     dev = rt.settings.environment == "development"
-    _check_url(body.get("export_base_url"), "export_base_url", development=dev)
-    _check_url(body.get("import_base_url"), "import_base_url", development=dev)
-    _check_url(body.get("oauth_token_url"), "oauth_token_url", development=dev)
+    for field in URL_FIELDS:
+        _check_url(body.get(field), field, development=dev)
+        if body.get(field) and not body.get("allow_private_network"):
+            await _check_address(str(urlsplit(body[field]).hostname), field)
+    if body.get("jwks") is not None and not isinstance(body["jwks"].get("keys"), list):
+        raise InvalidInput("jwks must be a JWK Set: {\"keys\": [...]}")
     wanted = set(body.get("datasets_offered", [])) | set(body.get("datasets_accepted", []))
     if wanted:
         async with rt.db.sessions() as s:
@@ -86,7 +124,23 @@ async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
             raise Unprocessable(f"unknown dataset type(s): {', '.join(missing)}", unknown=missing)
 
 
-async def register_participant(rt: Runtime, *, body: dict[str, Any], participant_id: str | None = None, replace: bool = False) -> tuple[dict[str, Any], bool]:
+async def _record_change(s: Any, *, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
+    await s.execute(models.changes.insert().values(time=datetime.now(UTC), actor=actor, action=action, target=target, details=details))
+
+
+async def list_changes(rt: Runtime, *, target: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """The registry's change history, newest first: time, actor, action, target and details."""
+    t = models.changes
+    q = select(t).order_by(t.c.seq.desc()).limit(limit).offset(offset)
+    if target:
+        q = q.where(t.c.target == target)
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(q)).all()
+    return [{"time": _ts(r.time), "actor": r.actor, "action": r.action, "target": r.target, "details": r.details} for r in rows]
+
+
+async def register_participant(rt: Runtime, *, body: dict[str, Any], participant_id: str | None = None, replace: bool = False,
+                               actor: str = "unauthenticated") -> tuple[dict[str, Any], bool]:
     """Create (or, with ``replace``, create or replace) a participant. Returns (participant, created).
 
     Raises InvalidInput / Unprocessable for a bad body, Conflict if the id exists and not ``replace``.
@@ -94,7 +148,8 @@ async def register_participant(rt: Runtime, *, body: dict[str, Any], participant
     await _validate_participant(rt, body)
     pid = participant_id or body.get("id") or uuid.uuid4().hex
     now = datetime.now(UTC)
-    values = {k: body.get(k) for k in ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url", "limits")}
+    values = {k: body.get(k) for k in PROFILE_FIELDS}
+    values["allow_private_network"] = bool(values["allow_private_network"])
     if values["limits"] and "holder" not in body["roles"]:
         raise InvalidInput("only a data holder sets limits")
     values["datasets_offered"] = list(body.get("datasets_offered", []))
@@ -105,27 +160,34 @@ async def register_participant(rt: Runtime, *, body: dict[str, Any], participant
         if existing is not None and not replace:
             raise Conflict(f"participant {pid!r} already exists")
         if existing is None:
-            await s.execute(t.insert().values(id=pid, status="active", status_reason=None, created_at=now, updated_at=now, **values))
+            await s.execute(t.insert().values(id=pid, status="active", status_reason=None, status_effective_at=now, created_at=now,
+                                              updated_at=now, **values))
             event = "participant_registered"
         else:
             await s.execute(t.update().where(t.c.id == pid).values(updated_at=now, **values))
             event = "participant_updated"
         row = (await s.execute(select(t).where(t.c.id == pid))).one()
         out = _participant(row)
+        await _record_change(s, actor=actor, action=event, target=pid,
+                             details={"before": _participant(existing) if existing is not None else None, "after": out})
         await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.{event}", f"registry.events.{event}", {"participant": out})
     rt.events_committed()
     return out, existing is None
 
 
-async def set_status(rt: Runtime, *, participant_id: str, status: str, reason: str) -> dict[str, Any]:
+async def set_status(rt: Runtime, *, participant_id: str, status: str, reason: str, actor: str = "unauthenticated") -> dict[str, Any]:
     """Change a participant's status (active, suspended, revoked); publishes ``registry.events.participant_status_changed``."""
     t = models.participants
     async with rt.db.unit_of_work() as s:
         row = (await s.execute(select(t).where(t.c.id == participant_id).with_for_update())).first()
         if row is None:
             raise NotFound(f"no participant {participant_id!r}")
-        await s.execute(t.update().where(t.c.id == participant_id).values(status=status, status_reason=reason, updated_at=datetime.now(UTC)))
+        now = datetime.now(UTC)
+        await s.execute(t.update().where(t.c.id == participant_id).values(status=status, status_reason=reason, status_effective_at=now,
+                                                                           updated_at=now))
         out = _participant((await s.execute(select(t).where(t.c.id == participant_id))).one())
+        await _record_change(s, actor=actor, action="participant_status_changed", target=participant_id,
+                             details={"from": row.status, "to": status, "reason": reason})
         await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.participant_status_changed",
                         "registry.events.participant_status_changed", {"participant": out, "previous_status": row.status})
     rt.events_committed()
@@ -147,7 +209,7 @@ async def list_participants(rt: Runtime, *, limit: int = 100, offset: int = 0) -
     return [_participant(r) for r in rows]
 
 
-async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool = False, actor: str = "unauthenticated") -> dict[str, Any]:
     """Add a dataset type. Raises InvalidInput if its schema is not a valid JSON Schema, Conflict if it exists."""
     try:
         Draft202012Validator.check_schema(body["schema"])
@@ -164,6 +226,7 @@ async def register_dataset(rt: Runtime, *, body: dict[str, Any], replace: bool =
         if existing is not None:
             await s.execute(t.delete().where(t.c.id == body["id"]))
         await s.execute(t.insert().values(**{k: body[k] for k in ("id", "version", "title", "description", "schema", "units")}))
+        await _record_change(s, actor=actor, action="dataset_registered", target=body["id"], details={"version": body["version"]})
         await add_event(s, models.outbox, f"{subjects.REGISTRY_EVENTS}.dataset_registered", "registry.events.dataset_registered",
                         {"dataset": {"id": body["id"], "version": body["version"]}})
     rt.events_committed()

@@ -60,7 +60,8 @@ class HolderLimits:
                     await js.key_value(name)
                 except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
                     try:
-                        await js.create_key_value(KeyValueConfig(bucket=name, ttl=ttl, history=1, storage=StorageType.FILE))
+                        await js.create_key_value(KeyValueConfig(bucket=name, ttl=ttl, history=1, storage=StorageType.FILE,
+                                                                    replicas=self.bus.replicas))
                     except nats.js.errors.BadRequestError:
                         pass  # created by another worker meanwhile
             self._slots = await js.key_value(SLOTS_BUCKET)

@@ -137,10 +137,13 @@ class Cancellations:
             p = env["data"].get("participant") or {}
             if not p.get("id"):
                 return
-            if p.get("status") in ("suspended", "revoked"):
-                self.participants[p["id"]] = f"participant_{p['status']}"
-            else:
+            status = p.get("status")
+            if status in ("suspended", "revoked"):
+                self.participants[p["id"]] = f"participant_{status}"
+            elif status == "active":
                 self.participants.pop(p["id"], None)
+            else:  # a missing or unreadable status never cascades: the last known one stays
+                log.error("ALERT: registry event for %s carries no readable status (%r); keeping the last known", p["id"], status)
 
         await bus.nc.subscribe(f"{subjects.CONSENT_EVENTS}.>", cb=on_consent)
         await bus.nc.subscribe(f"{subjects.REGISTRY_EVENTS}.>", cb=on_registry)

@@ -88,7 +88,7 @@ def test_bad_consent_request_is_refused_and_nothing_stored(change: dict, needle:
 def test_dataset_not_offered_by_holder(client: httpx.Client, stack: Stack) -> None:
     r = client.put(f"{stack.url('registry')}/participants/daily-only-holder", json={
         "name": "Holder of daily data only", "roles": ["holder"], "export_base_url": stack.url("holder"),
-        "datasets_offered": ["enedis.v5.daily_consumption"]})
+        "datasets_offered": ["enedis.v5.daily_consumption"], "allow_private_network": True})
     assert r.status_code in (200, 201), r.text
     r = client.post(f"{stack.url('consent')}/consents", json={
         "data_subject": "subject-not-offered", "holder_id": "daily-only-holder", "recipient_id": CLOUD_ID,

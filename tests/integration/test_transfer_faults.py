@@ -235,7 +235,8 @@ def test_sigterm_releases_the_job_within_ten_seconds(c: httpx.Client, fstack: St
 def _limited_holder(c: httpx.Client, s: Stack, pid: str, limits: dict[str, Any]) -> None:
     r = c.put(f"{s.url('registry')}/participants/{pid}", json={
         "name": f"Holder {pid}", "roles": ["holder"], "export_base_url": s.url("holder"),
-        "oauth_token_url": f"{s.url('holder')}/oauth/token", "datasets_offered": [DAILY], "limits": limits})
+        "oauth_token_url": f"{s.url('holder')}/oauth/token", "datasets_offered": [DAILY], "limits": limits,
+        "allow_private_network": True})
     assert r.status_code in (200, 201), r.text
 
 

@@ -176,7 +176,7 @@ class Stack:
         logs = self.data_dir / "logs"
         for name in ("registry", "consent", "transfer"):
             port = port_or_free(self.ports.get(name))
-            self.procs[name] = Proc(name, [py, "-m", f"services.{name}", "--port", str(port)], env, logs / f"{name}.log",
+            self.procs[name] = Proc(name, [py, "-m", f"services.{name}", "--port", str(port), "--migrate"], env, logs / f"{name}.log",
                                     url=f"http://127.0.0.1:{port}", health="/readyz")
         if self.worker_processes:
             self.procs["transfer"].env = dict(env, TRANSFER_WORKERS_IN_PROCESS="0")

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import MetaData, Table
 
-from . import telemetry
+from . import migrations, telemetry
 from .bus import Bus
 from .db import Database
 from .http import BodyLimitMiddleware, install_problem_handlers, setup_logging
@@ -40,11 +40,31 @@ class Runtime:
         # more readiness checks: name -> callable answering True when fine
         self.ready_checks: dict[str, Callable[[], bool]] = {}
 
-    async def start(self) -> None:
+    async def start(self, *, wait_for_migrations_s: float = 0.0) -> None:
+        """Connect everything. The database must be at the latest revision: migrated here with
+        ``migrate``, or, for processes that never migrate (workers), waited for up to
+        ``wait_for_migrations_s`` seconds while another process migrates it."""
+        import asyncio
+        import time
+
         telemetry.setup(self.name)
-        await self.db.create_all()
+        if migrations.head(self.name) is None:  # a service without migrations yet
+            await self.db.create_all()
+        elif self.settings.migrate:
+            await migrations.upgrade(self.db, self.name)
+        else:
+            deadline = time.monotonic() + wait_for_migrations_s
+            while True:
+                try:
+                    await migrations.check(self.db, self.name)
+                    break
+                except migrations.NotMigrated:
+                    if time.monotonic() >= deadline:
+                        raise
+                    log.info("waiting for the %s database to be migrated", self.name)
+                    await asyncio.sleep(0.5)
         self.bus = await Bus.connect(self.settings.nats_url, self.name)
-        await self.bus.ensure_streams()
+        await self.bus.ensure_streams(replicas=self.settings.nats_stream_replicas)
         self.relay = OutboxRelay(self.db, self.outbox, self.bus)
         self.relay.start()
 
@@ -115,6 +135,12 @@ def build_app(
         except Exception as exc:  # report, don't raise
             checks["database"] = f"error: {type(exc).__name__}"
         checks["nats"] = "ok" if runtime.bus and runtime.bus.connected else "disconnected"
+        if checks["database"] == "ok":
+            try:
+                await migrations.check(runtime.db, runtime.name)
+                checks["migrations"] = "ok"
+            except migrations.NotMigrated:
+                checks["migrations"] = "not current"
         for name, check in runtime.ready_checks.items():
             checks[name] = "ok" if check() else "failing"
         ready = all(v == "ok" for v in checks.values())
@@ -130,9 +156,22 @@ def serve_main(service: str, make_app: Callable[[Settings], FastAPI], argv: list
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--migrate", action="store_true", help="bring the database to the latest revision before serving")
+    parser.add_argument("--migrate-only", action="store_true", help="migrate the database and exit (a deployment job)")
     args = parser.parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level, settings.log_format)
+    if args.migrate_only:
+        import asyncio
+
+        from sqlalchemy import MetaData
+
+        metadata: MetaData = make_app(settings).state.runtime.metadata
+        db = Database(settings.database_url_for(service), metadata, settings.schema_for(service))
+        asyncio.run(migrations.upgrade(db, service))
+        print(f"{service}: database at revision {migrations.head(service)}")
+        return
+    settings.migrate = settings.migrate or args.migrate
     app = make_app(settings)
     uvicorn.run(
         app,

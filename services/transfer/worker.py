@@ -42,8 +42,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from jsonschema import Draft202012Validator, FormatChecker
-from referencing import Registry
 from sqlalchemy import select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -52,6 +50,7 @@ from shared.canonical import RecordDigest
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
+from shared.recordcheck import checker_for
 from shared.runtime import Runtime
 
 from . import models
@@ -379,8 +378,7 @@ class TransferWorker:
         self._slot = await self.limits.take_slot(holder, owner=row.id)
         self._holder = holder
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
-        # an empty registry: a schema may only refer inside itself, never fetch a URL (no SSRF)
-        validator = Draft202012Validator(dataset["schema"], format_checker=FormatChecker(), registry=Registry())
+        checker = checker_for(dataset["schema"])  # refers only inside itself, never fetches a URL
         self._access_token = await self._token(row, corr)
 
         s = self.rt.settings
@@ -420,14 +418,12 @@ class TransferWorker:
                 empty_pages = 0 if records else empty_pages + 1
                 if empty_pages > MAX_EMPTY_PAGES:
                     raise TransferEnded("failed", "holder_error", {"message": f"holder served {empty_pages} empty pages in a row"})
-                for i, record in enumerate(records):
-                    err = next(iter(validator.iter_errors(record)), None)
-                    if err is not None:
-                        raise TransferEnded("failed", "schema_violation", {
-                            "message": f"record {served + i} breaks the {row.dataset} schema: {err.message}",
-                            "position": served + i, "schema_error": err.message,
-                            "path": "/" + "/".join(map(str, err.absolute_path)),
-                        })
+                bad = checker.first_error(records)
+                if bad is not None:
+                    raise TransferEnded("failed", "schema_violation", {
+                        "message": f"record {served + bad.index} breaks the {row.dataset} schema: {bad.message}",
+                        "position": served + bad.index, "schema_error": bad.message, "path": bad.path,
+                    })
                 if records:
                     batch += 1
                     await delivery.heartbeat()

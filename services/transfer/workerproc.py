@@ -22,7 +22,7 @@ log = logging.getLogger("services.transfer.workerproc")
 
 async def run(count: int) -> None:
     rt = Runtime("transfer", models.metadata, models.outbox, Settings())
-    await rt.start()
+    await rt.start(wait_for_migrations_s=120.0)  # the API process (or a deployment job) migrates
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bills, enedis_mesures2026, enedis_v5, enedis_v5_customers, greenbutton_espi, grdf_adict_v2, maif, orange_mesinfos, water
+from . import bills, converters, ecolyo, enedis_mesures2026, enedis_v5, enedis_v5_customers, greenbutton_espi, grdf_adict_v2, maif, orange_mesinfos, water
 from ._util import by_position, control_characters, daily_series, invalid_dates
 
 
@@ -73,6 +73,8 @@ DATASET_TYPES: dict[str, DatasetType] = {
         DatasetType(**maif.CLAIM),
         DatasetType(**maif.IDENTITY),
         DatasetType(**bills.BILLS),
+        *(DatasetType(**t) for t in ecolyo.ALL),
+        DatasetType(**converters.METERING_INTERVAL_READING),
     )
 }
 

@@ -322,3 +322,51 @@ def test_records_refused_by_the_recipient_make_a_partial_transfer(c: httpx.Clien
     kept = [r for r in held if r["value"] not in refuse]
     assert cloud_records(c, fstack, t["id"]) == kept and t["records"] == len(kept)
     assert t["sha256"] == records_digest(kept)
+
+
+def test_suspension_stops_a_running_transfer_within_one_second_and_blocks_new_consents(c: httpx.Client, fstack: Stack) -> None:
+    _limited_holder(c, fstack, "suspendable", {})
+    holder_faults(c, fstack, delay_s=0.2)
+    t = _start_with(c, fstack, "suspendable")
+    wait(c, fstack, t["id"], lambda t: t["batches"] >= 2)
+    t0 = time.time()
+    r = c.post(f"{fstack.url('registry')}/participants/suspendable/status", json={"status": "suspended", "reason": "audit"})
+    assert r.status_code == 200 and r.json()["status"] == "suspended"
+    t = wait(c, fstack, t["id"], done, step=0.01)
+    stopped = time.time()
+    try:
+        assert t["status"] == "cancelled" and t["reason"] == "participant_suspended", t
+        assert stopped - t0 < 1.0 + 0.2, f"took {stopped - t0:.2f} s"  # + one page already on its way
+        late = [x for x in c.get(f"{fstack.url('holder')}/dev/stats").json()["request_times"] if x > t0 + 0.25]
+        assert late == []
+        r = c.post(f"{fstack.url('consent')}/consents", json={"data_subject": "s", "holder_id": "suspendable", "recipient_id": CLOUD_ID,
+                                                            "datasets": [DAILY], "purpose": "p"})
+        assert r.status_code == 422 and "suspended" in r.json()["detail"]
+    finally:
+        c.post(f"{fstack.url('registry')}/participants/suspendable/status", json={"status": "active", "reason": "audit done"})
+
+
+async def test_a_registry_event_without_status_changes_nothing(fstack: Stack) -> None:
+    import nats as nats_client
+
+    from shared import envelope as env_mod
+
+    nc = await nats_client.connect(fstack.nats_url)
+    try:
+        js = nc.jetstream()
+        bad = env_mod.make("registry.events.participant_status_changed", {"participant": {"id": HOLDER_ID}})
+        await js.publish("registry.events.participant_status_changed", env_mod.encode(bad), headers={"Nats-Msg-Id": bad["id"]})
+    finally:
+        await nc.close()
+    import asyncio
+
+    await asyncio.sleep(0.5)
+
+    def run() -> dict[str, Any]:
+        with httpx.Client(timeout=30) as c:
+            c.put(f"{fstack.url('holder')}/dev/faults", json={}).raise_for_status()
+            return wait(c, fstack, start(c, fstack)["id"], done)
+
+    t = await asyncio.to_thread(run)
+    assert t["status"] == "completed", t
+    assert any("ALERT" in w.log_path.read_text() for w in fstack.workers())

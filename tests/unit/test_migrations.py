@@ -51,8 +51,11 @@ async def test_migrations_build_exactly_the_models(service: str, tmp_path: Path)
         await migrations.check(db, service)
 
         def diff(sync_conn: Any) -> list[Any]:
+            if db.schema:  # compare what lives in the service's own schema
+                sync_conn.exec_driver_sql(f'SET search_path TO "{db.schema}"')
             ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True, "version_table_schema": db.schema})
-            return list(compare_metadata(ctx, db.metadata))
+            return [d for d in compare_metadata(ctx, db.metadata)
+                    if not (d[0] == "remove_table" and d[1].name == "alembic_version")]
 
         async with db.engine.connect() as conn:
             assert await conn.run_sync(diff) == [], "models and migrations differ: run `make migration`"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from shared import subjects
-from shared.consumer import ConsumerSpec, Delivery, PullConsumer
+from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject
 from shared.subjects import STREAM_TRANSFER_EVENTS
 from shared.runtime import Runtime
 
 from . import service
+from .log import TRANSFER_ENDINGS
 
 
 async def register(rt: Runtime) -> None:
@@ -26,15 +27,43 @@ async def register(rt: Runtime) -> None:
     await bus.serve(subjects.CONSENT_TOKEN_GET, token_get, queue="consent")
 
 
+async def _log_ending(rt: Runtime, env: dict[str, Any], ending: str) -> dict[str, Any]:
+    """Append the transfer's ending to the consent log (idempotent); Reject a message that names no transfer."""
+    transfer = env["data"].get("transfer")
+    if not isinstance(transfer, dict) or not transfer.get("id") or transfer.get("status") != ending:
+        raise Reject(f"transfer.events.{ending} without a transfer whose status is {ending}")
+    await service.log_transfer_ending(rt, transfer=transfer)
+    return transfer
+
+
 def transfer_events_consumer(rt: Runtime) -> PullConsumer:
-    """Marks a one-off consent ``consumed`` once a transfer under it completed (``transfer.events.completed``)."""
+    """On ``transfer.events.completed``: appends the transfer to the consent log (once), then marks a
+    one-off consent ``consumed`` (which appends the ``consumed`` entry)."""
 
     async def on_completed(env: dict[str, Any], _delivery: Delivery) -> None:
-        transfer = env["data"].get("transfer") or {}
-        if transfer.get("consent_id") and transfer.get("id"):
+        transfer = await _log_ending(rt, env, "completed")
+        if transfer.get("consent_id"):
             await service.mark_consumed(rt, consent_id=str(transfer["consent_id"]), transfer_id=str(transfer["id"]))
 
     spec = ConsumerSpec(stream=STREAM_TRANSFER_EVENTS.name, durable="consent-transfer-completed",
                         filter_subject=f"{subjects.TRANSFER_EVENTS}.completed", msg_type="transfer.events.completed",
                         ack_wait_s=30, max_deliver=10)
     return PullConsumer(rt.require_bus(), spec, on_completed, fetch_timeout_s=2.0)
+
+
+def transfer_log_consumers(rt: Runtime) -> list[PullConsumer]:
+    """One durable pull consumer per other transfer ending (``partial``, ``failed``, ``cancelled``), each
+    appending the transfer to the consent log exactly once (dedupe key in ``log_entries``)."""
+    consumers = []
+    for ending in TRANSFER_ENDINGS:
+        if ending == "completed":
+            continue
+
+        async def on_ending(env: dict[str, Any], _delivery: Delivery, ending: str = ending) -> None:
+            await _log_ending(rt, env, ending)
+
+        spec = ConsumerSpec(stream=STREAM_TRANSFER_EVENTS.name, durable=f"consent-log-transfer-{ending}",
+                            filter_subject=f"{subjects.TRANSFER_EVENTS}.{ending}", msg_type=f"transfer.events.{ending}",
+                            ack_wait_s=30, max_deliver=10)
+        consumers.append(PullConsumer(rt.require_bus(), spec, on_ending, fetch_timeout_s=2.0))
+    return consumers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,8 @@ class ConsentRequest(BaseModel):
     purpose: str = Field(min_length=1, max_length=1000)
     duration_days: int = Field(default=90, ge=1, le=1095, description="validity in days (capped by the broker's maximum)")
     one_off: bool = True
+    frequency: str | None = Field(default=None, max_length=32, pattern=r"^P(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
+                                  description="recurring consents: ISO 8601 duration between transfers, e.g. P1D")
 
 
 class HolderToken(BaseModel):
@@ -47,12 +49,46 @@ class Consent(BaseModel):
     datasets: list[str]
     purpose: str
     one_off: bool
+    frequency: str | None = None
     status: Literal["requested", "authorised", "rejected", "revoked", "expired", "consumed"]
     status_reason: str | None = None
     expires_at: datetime
     created_at: datetime
     updated_at: datetime
+    log_index: int | None = Field(default=None, description="index of the consent log entry that records the current status "
+                                  "(ask GET /log/proof/inclusion?index=... for its inclusion proof)")
 
 
 class ConsentList(BaseModel):
     consents: list[Consent]
+
+
+class LogEntry(BaseModel):
+    """One consent log entry: its 0-based leaf ``index``, the ``entry`` object (its RFC 8785 canonical JSON is
+    the leaf input; a stored text that is not JSON is given as a string) and its ``leaf_hash`` as stored (hex)."""
+
+    index: int
+    entry: dict[str, Any] | str
+    leaf_hash: str
+
+
+class LogEntries(BaseModel):
+    size: int = Field(description="current tree size (entries in the log)")
+    entries: list[LogEntry]
+    next_start: int | None = Field(description="ask again with start=next_start for the next page; null at the end")
+
+
+class InclusionProof(BaseModel):
+    """RFC 9162 section 2.1.3.1 audit path of leaf ``index`` in the tree of ``size`` leaves (hex SHA-256 hashes)."""
+
+    index: int
+    size: int
+    proof: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    """RFC 9162 section 2.1.4.1 proof that the tree of ``first`` leaves is a prefix of the tree of ``second`` (hex)."""
+
+    first: int
+    second: int
+    proof: list[str]

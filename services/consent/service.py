@@ -13,11 +13,12 @@ from sqlalchemy import select
 
 from shared import subjects
 from shared.crypto import SecretBox
+from shared.durations import duration_seconds
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Unprocessable
 from shared.outbox import add_event
 from shared.runtime import Runtime
 
-from . import models
+from . import log, models
 from .domain import check_transition
 
 
@@ -34,12 +35,19 @@ def _consent(row: Any) -> dict[str, Any]:
         "datasets": list(row.datasets),
         "purpose": row.purpose,
         "one_off": bool(row.one_off),
+        "frequency": row.frequency,
         "status": row.status,
         "status_reason": row.status_reason,
         "expires_at": _aware(row.expires_at).isoformat(),
         "created_at": _aware(row.created_at).isoformat(),
         "updated_at": _aware(row.updated_at).isoformat(),
+        "log_index": row._mapping.get("log_index"),
     }
+
+
+def _select_consents() -> Any:
+    """Consents with ``log_index``: the index of the consent log entry that records their current status."""
+    return select(models.consents, log.latest_index_for_consent().label("log_index"))
 
 
 def _event_data(consent: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +86,12 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
             raise Unprocessable(f"holder {holder['id']!r} does not offer dataset {ds!r}", field="datasets")
         if ds not in recipient["datasets_accepted"]:
             raise Unprocessable(f"recipient {recipient['id']!r} does not accept dataset {ds!r}", field="datasets")
+    frequency = body.get("frequency")
+    if frequency is not None:
+        if body.get("one_off", True):
+            raise InvalidInput("a consent with a frequency is recurring: set one_off to false")
+        if not 1 <= duration_seconds(frequency) <= 366 * 86400:
+            raise InvalidInput("frequency must be between one second and one year")
     if body["holder_id"] == body["recipient_id"]:
         raise InvalidInput("holder and recipient must differ")
     days = int(body.get("duration_days", 90))
@@ -89,11 +103,12 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
         await s.execute(
             models.consents.insert().values(
                 id=cid, data_subject=body["data_subject"], holder_id=body["holder_id"], recipient_id=body["recipient_id"],
-                datasets=datasets, purpose=body["purpose"], one_off=bool(body.get("one_off", True)), status="requested",
+                datasets=datasets, purpose=body["purpose"], one_off=bool(body.get("one_off", True)), frequency=frequency, status="requested",
                 status_reason=None, expires_at=now + timedelta(days=days), created_at=now, updated_at=now,
             )
         )
         out = _consent((await s.execute(select(models.consents).where(models.consents.c.id == cid))).one())
+        out["log_index"] = await log.append_consent_event(s, out, "requested", time=now)
         await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.requested", "consent.events.requested", _event_data(out))
     rt.events_committed()
     return out
@@ -101,14 +116,14 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
 
 async def get_consent(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
     async with rt.db.sessions() as s:
-        row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
+        row = (await s.execute(_select_consents().where(models.consents.c.id == consent_id))).first()
     if row is None:
         raise NotFound(f"no consent {consent_id!r}")
     return _consent(row)
 
 
 async def list_consents(rt: Runtime, *, data_subject: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    q = select(models.consents).order_by(models.consents.c.created_at.desc()).limit(limit).offset(offset)
+    q = _select_consents().order_by(models.consents.c.created_at.desc()).limit(limit).offset(offset)
     if data_subject:
         q = q.where(models.consents.c.data_subject == data_subject)
     async with rt.db.sessions() as s:
@@ -116,22 +131,27 @@ async def list_consents(rt: Runtime, *, data_subject: str | None = None, limit: 
 
 
 async def _transition(
-    rt: Runtime, *, consent_id: str, target: str, reason: str | None, extra: Any = None, idempotent: bool = False
+    rt: Runtime, *, consent_id: str, target: str, reason: str | None, extra: Any = None, idempotent: bool = False,
+    by: str | None = None, transfer_id: str | None = None,
 ) -> dict[str, Any]:
+    """Move the consent to ``target`` and, in the same transaction, append the event to the consent log
+    (``by``/``transfer_id`` go into the entry) and to the outbox."""
     t = models.consents
     async with rt.db.unit_of_work() as s:
         row = (await s.execute(select(t).where(t.c.id == consent_id).with_for_update())).first()
         if row is None:
             raise NotFound(f"no consent {consent_id!r}")
         if idempotent and row.status == target:
-            return _consent(row)
+            return _consent((await s.execute(_select_consents().where(t.c.id == consent_id))).one())
         check_transition(row.status, target, consent_id=consent_id)
-        await s.execute(t.update().where(t.c.id == consent_id).values(status=target, status_reason=reason, updated_at=datetime.now(UTC)))
+        now = datetime.now(UTC)
+        await s.execute(t.update().where(t.c.id == consent_id).values(status=target, status_reason=reason, updated_at=now))
         if extra is not None:
             await extra(s)
         if target in {"revoked", "expired", "rejected", "consumed"}:
             await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
         out = _consent((await s.execute(select(t).where(t.c.id == consent_id))).one())
+        out["log_index"] = await log.append_consent_event(s, out, target, time=now, by=by, transfer_id=transfer_id)
         await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out))
     rt.events_committed()
     return out
@@ -155,7 +175,8 @@ async def reject(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
 
 async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None) -> dict[str, Any]:
     """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged)."""
-    return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}", idempotent=True)
+    return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}",
+                             idempotent=True, by=by)
 
 
 async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> None:
@@ -163,7 +184,8 @@ async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> No
     c = await get_consent(rt, consent_id=consent_id)
     if c["one_off"] and c["status"] == "authorised":
         try:
-            await _transition(rt, consent_id=consent_id, target="consumed", reason=f"transfer {transfer_id} completed")
+            await _transition(rt, consent_id=consent_id, target="consumed", reason=f"transfer {transfer_id} completed",
+                              transfer_id=transfer_id)
         except Conflict:
             pass
 
@@ -262,3 +284,18 @@ async def holder_token(rt: Runtime, *, consent_id: str, refresh: bool = False, r
                             .values(sealed=box.seal(merged, aad=consent_id), expires_at=expires_at))
         row, tok = await _token_row(rt, consent_id)
         return _answer(box.open(tok.sealed, aad=consent_id), tok)
+
+
+async def log_transfer_ending(rt: Runtime, *, transfer: dict[str, Any]) -> tuple[int, bool]:
+    """Append a transfer's ending (the ``transfer`` of a ``transfer.events.completed|partial|failed|cancelled``
+    event) to the consent log, once per ending: ``(index, appended)``, ``appended`` False for a redelivery."""
+    async with rt.db.unit_of_work() as s:
+        return await log.append_transfer_ending(s, transfer)
+
+
+async def erase_subject_secret(rt: Runtime, *, data_subject: str) -> None:
+    """GDPR Art. 17: erase the secret behind the data subject's pseudonym in the consent log, so that its
+    entries stay verifiable but can no longer be linked to them. Raises NotFound (404) if there is none
+    (never logged, or already erased)."""
+    if not await log.erase_subject_secret(rt.db, data_subject):
+        raise NotFound(f"no pseudonym secret for data subject {data_subject!r}")

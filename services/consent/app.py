@@ -190,7 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rt.ready_checks["log_checkpointer"] = lambda: checkpointer.running
         await handlers.register(rt)
         completed = handlers.transfer_events_consumer(rt)
-        for name, c in [("transfer_events", completed), *((c.spec.durable, c) for c in handlers.transfer_log_consumers(rt))]:
+        for name, c in [("transfer_events", completed), ("registry_events", handlers.registry_events_consumer(rt)),
+                        *((c.spec.durable, c) for c in handlers.transfer_log_consumers(rt))]:
             c.start()
             consumers.append(c)
             rt.ready_checks[name] = _is_running(c)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from shared import subjects
 from shared.consumer import ConsumerSpec, Delivery, PullConsumer, Reject
-from shared.subjects import STREAM_TRANSFER_EVENTS
+from shared.subjects import STREAM_REGISTRY_EVENTS, STREAM_TRANSFER_EVENTS
 from shared.runtime import Runtime
 
 from . import service
@@ -17,7 +18,11 @@ async def register(rt: Runtime) -> None:
     bus = rt.require_bus()
 
     async def check(data: dict[str, Any], _env: dict[str, Any]) -> dict[str, Any]:
-        return await service.check(rt, consent_id=data["consent_id"], dataset=data["dataset"])
+        started = time.perf_counter()
+        answer = await service.check(rt, consent_id=data["consent_id"], dataset=data["dataset"])
+        service.CONSENT_CHECKS.add(1, {"valid": str(answer["valid"]).lower()})
+        service.CONSENT_CHECK_SECONDS.record(time.perf_counter() - started)
+        return answer
 
     async def token_get(data: dict[str, Any], _env: dict[str, Any]) -> dict[str, Any]:
         return await service.holder_token(rt, consent_id=data["consent_id"], refresh=bool(data.get("refresh")),
@@ -67,3 +72,20 @@ def transfer_log_consumers(rt: Runtime) -> list[PullConsumer]:
                             ack_wait_s=30, max_deliver=10)
         consumers.append(PullConsumer(rt.require_bus(), spec, on_ending, fetch_timeout_s=2.0))
     return consumers
+
+
+def registry_events_consumer(rt: Runtime) -> PullConsumer:
+    """A participant revoked in the registry ends every consent it takes part in, with that reason
+    (``registry.events.participant_status_changed``). Suspension only blocks new consents (checked
+    when one is asked for) and stops running transfers (the transfer workers listen themselves)."""
+
+    async def on_status(env: dict[str, Any], _delivery: Delivery) -> None:
+        p = env["data"].get("participant") or {}
+        if p.get("id") and p.get("status") == "revoked":
+            await service.end_consents_of_participant(rt, participant_id=str(p["id"]),
+                                                      reason=f"participant {p['id']} revoked: {p.get('status_reason') or 'no reason given'}")
+
+    spec = ConsumerSpec(stream=STREAM_REGISTRY_EVENTS.name, durable="consent-registry-status",
+                        filter_subject=f"{subjects.REGISTRY_EVENTS}.participant_status_changed",
+                        msg_type="registry.events.participant_status_changed", ack_wait_s=30, max_deliver=10)
+    return PullConsumer(rt.require_bus(), spec, on_status, fetch_timeout_s=2.0)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from shared import subjects
+from shared import subjects, telemetry
 from shared.crypto import SecretBox
 from shared.durations import duration_seconds
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable, Unprocessable
@@ -20,6 +20,13 @@ from shared.runtime import Runtime
 
 from . import log, models
 from .domain import check_transition
+
+
+_meter = telemetry.meter()
+# the authorisation counts a regulator asks for: granted (authorised), rejected, revoked, expired, consumed
+CONSENT_TRANSITIONS = _meter.create_counter("consent_transitions", description="consent state changes, by the new status")
+CONSENT_CHECKS = _meter.create_counter("consent_checks", description="consent.check answers, by validity")
+CONSENT_CHECK_SECONDS = _meter.create_histogram("consent_check_duration", unit="s", description="time to answer consent.check")
 
 
 def _aware(dt: datetime) -> datetime:
@@ -154,6 +161,7 @@ async def _transition(
         out["log_index"] = await log.append_consent_event(s, out, target, time=now, by=by, transfer_id=transfer_id)
         await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out))
     rt.events_committed()
+    CONSENT_TRANSITIONS.add(1, {"status": target})
     return out
 
 
@@ -177,6 +185,24 @@ async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = 
     """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged)."""
     return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}",
                              idempotent=True, by=by)
+
+
+async def end_consents_of_participant(rt: Runtime, *, participant_id: str, reason: str) -> int:
+    """End every live consent of a revoked participant: ``authorised -> revoked``, ``requested -> rejected``.
+    Returns how many changed; idempotent."""
+    t = models.consents
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(select(t.c.id, t.c.status).where((t.c.holder_id == participant_id) | (t.c.recipient_id == participant_id))
+                                .where(t.c.status.in_(("requested", "authorised"))))).all()
+    changed = 0
+    for row in rows:
+        try:
+            target = "revoked" if row.status == "authorised" else "rejected"
+            await _transition(rt, consent_id=row.id, target=target, reason=reason, by="registry" if target == "revoked" else None)
+            changed += 1
+        except Conflict:
+            pass  # changed meanwhile
+    return changed
 
 
 async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> None:

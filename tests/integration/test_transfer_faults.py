@@ -370,3 +370,23 @@ async def test_a_registry_event_without_status_changes_nothing(fstack: Stack) ->
     t = await asyncio.to_thread(run)
     assert t["status"] == "completed", t
     assert any("ALERT" in w.log_path.read_text() for w in fstack.workers())
+
+
+def test_revoking_a_participant_ends_its_consents(c: httpx.Client, fstack: Stack) -> None:
+    _limited_holder(c, fstack, "revocable", {})
+    consent = c.post(f"{fstack.url('consent')}/consents", json={"data_subject": "subject-revocable", "holder_id": "revocable",
+                                                              "recipient_id": CLOUD_ID, "datasets": [DAILY], "purpose": "p"}).json()
+    token = c.post(f"{fstack.url('holder')}/dev/tokens", json={"customer_id": CUSTOMER, "datasets": [DAILY]}).json()
+    c.post(f"{fstack.url('consent')}/consents/{consent['id']}/authorise", json=token).raise_for_status()
+    pending = c.post(f"{fstack.url('consent')}/consents", json={"data_subject": "subject-revocable", "holder_id": "revocable",
+                                                              "recipient_id": CLOUD_ID, "datasets": [DAILY], "purpose": "q"}).json()
+    r = c.post(f"{fstack.url('registry')}/participants/revocable/status", json={"status": "revoked", "reason": "licence withdrawn"})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 15
+    while (got := c.get(f"{fstack.url('consent')}/consents/{consent['id']}").json())["status"] == "authorised":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert got["status"] == "revoked" and "licence withdrawn" in got["status_reason"], got
+    assert c.get(f"{fstack.url('consent')}/consents/{pending['id']}").json()["status"] == "rejected"
+    r = c.post(f"{fstack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": DAILY})
+    assert r.status_code == 403

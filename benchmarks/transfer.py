@@ -36,6 +36,10 @@ CUSTOMER = "00000000000042"
 PAGE = 1000
 
 
+class SkipThroughput(Exception):
+    """``--transfers 0``: only the large transfer."""
+
+
 def write_holder_file(path: Path, points: int) -> Path:
     path.write_text(json.dumps(enedis_v5.sample_load_curve(usage_point_id=CUSTOMER, points=points)), "utf-8")
     return path
@@ -147,7 +151,7 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=20_000, help="records per transfer in the throughput runs")
-    ap.add_argument("--transfers", type=int, default=8, help="transfers per throughput run")
+    ap.add_argument("--transfers", type=int, default=8, help="transfers per throughput run (0: skip throughput and round trips)")
     ap.add_argument("--large", type=int, default=1_000_000, help="records of the peak-RSS transfer (0: skip)")
     ap.add_argument("--rtt", type=int, default=2000, help="requests per round-trip measurement")
     args = ap.parse_args()
@@ -156,8 +160,11 @@ def main() -> None:
         d = Path(tmp)
         s = Stack(data_dir=d, holder_files=[write_holder_file(d / "holder.json", args.records)], worker_processes=4,
                   extra_env={"TRANSFER_PAGE_LIMIT": str(PAGE), "LOG_LEVEL": "WARNING"})
-        s.start()
+        if args.transfers:
+            s.start()
         try:
+            if not args.transfers:
+                raise SkipThroughput
             with httpx.Client(timeout=60) as c:
                 register_participants(c, s)
                 total = args.records * args.transfers
@@ -177,6 +184,8 @@ def main() -> None:
             results["consent_check_rtt_ratio"] = round(c50 / b50, 2)
             print(f"consent.check round trip: p50 {c50 * 1e3:.3f} ms (p99 {c99 * 1e3:.3f}) vs bare NATS request/reply p50 "
                   f"{b50 * 1e3:.3f} ms (p99 {b99 * 1e3:.3f}): ratio {c50 / b50:.2f} (goal <= 3)")
+        except SkipThroughput:
+            pass
         finally:
             s.stop()
         if args.large:

@@ -112,6 +112,8 @@ class Stack:
     # transfer workers in processes of their own (``python -m services.transfer worker``);
     # with any, the transfer API process runs none itself
     worker_processes: int = 0
+    # more consent-service replicas on the same database and NATS (``consent-2``...)
+    consent_replicas: int = 1
     procs: dict[str, Proc] = field(default_factory=dict)
     nats: Proc | None = None
 
@@ -178,6 +180,10 @@ class Stack:
             port = port_or_free(self.ports.get(name))
             self.procs[name] = Proc(name, [py, "-m", f"services.{name}", "--port", str(port), "--migrate"], env, logs / f"{name}.log",
                                     url=f"http://127.0.0.1:{port}", health="/readyz")
+        for i in range(2, self.consent_replicas + 1):
+            port = free_port()
+            self.procs[f"consent-{i}"] = Proc(f"consent-{i}", [py, "-m", "services.consent", "--port", str(port), "--migrate"], env,
+                                              logs / f"consent-{i}.log", url=f"http://127.0.0.1:{port}", health="/readyz")
         if self.worker_processes:
             self.procs["transfer"].env = dict(env, TRANSFER_WORKERS_IN_PROCESS="0")
         for i in range(1, self.worker_processes + 1):

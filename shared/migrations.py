@@ -9,6 +9,7 @@ New revision after a model change: ``make migration SERVICE=consent MESSAGE="add
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,11 @@ async def upgrade(db: Database, service: str, revision: str = "head") -> None:
         cfg.attributes["schema"] = db.schema
         command.upgrade(cfg, revision)
 
-    async with db.engine.begin() as conn:
+    async with db.engine.begin() as conn:  # on SQLite, BEGIN IMMEDIATE already makes migrations take turns
+        if not db.is_sqlite:
+            # two replicas starting together migrate one after the other (the lock ends with the transaction)
+            key = int.from_bytes(hashlib.sha256(f"migrate:{db.schema}".encode()).digest()[:8], "big", signed=True)
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         if db.schema:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
         await conn.run_sync(run)

@@ -253,6 +253,9 @@ class TransferWorker:
         failures = (row.failures if row is not None else 0) + 1
         if failures >= self.rt.settings.transfer_max_failures:
             await self._finish(tid, "failed", reason=final_reason, error={"message": message, "failures": failures})
+            # the job leaves the work queue (acked) and is parked on the dead-letter subject with the reason
+            await self.bus.dead_letter(subjects.TRANSFER_JOBS, delivery.msg.data, f"{final_reason} after {failures} failures: {message}",
+                                       headers=delivery.msg.headers, deliveries=delivery.number)
             return
         await self._update(tid, error={"message": message, "failures": failures}, failures=failures)
         raise Retry(message, delay=min(2.0 ** failures, 60.0))

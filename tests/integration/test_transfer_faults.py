@@ -390,3 +390,17 @@ def test_revoking_a_participant_ends_its_consents(c: httpx.Client, fstack: Stack
     assert c.get(f"{fstack.url('consent')}/consents/{pending['id']}").json()["status"] == "rejected"
     r = c.post(f"{fstack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": DAILY})
     assert r.status_code == 403
+
+
+def test_transfer_watch_shows_progress_until_the_end(c: httpx.Client, fstack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    holder_faults(c, fstack, delay_s=0.05)
+    t = start(c, fstack)
+    result = CliRunner().invoke(app, ["transfer", "watch", t["id"], "--url", fstack.url("transfer"), "--interval", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert f"transfer {t['id']} completed: 365 records" in result.output
+    result = CliRunner().invoke(app, ["transfer", "watch", "no-such-transfer", "--url", fstack.url("transfer")])
+    assert result.exit_code == 2 and "no transfer" in result.output

@@ -51,6 +51,19 @@ def nats_server_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the launcher dies, however it dies
+    (SIGKILL, a crash), so that no process of the broker outlives the one that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 class StartError(RuntimeError):
     pass
 
@@ -71,7 +84,8 @@ class Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab" if self.starts else "wb")  # noqa: SIM115 - lives as long as the process
         self.starts += 1
-        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
         log.close()
 
     def alive(self) -> bool:

@@ -108,6 +108,9 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
     app.state.db = db
     app.add_middleware(BodyLimitMiddleware, max_bytes=64 * 1024 * 1024)
     state: dict[str, Any] = {"faults": Faults(), "batch_requests": 0, "duplicates": 0}
+    # running digest of each transfer whose batches arrived in order: (last batch n, digest);
+    # the manifest is then checked without reading everything back
+    running: dict[str, tuple[int, RecordDigest]] = {}
 
     def authorised(authorization: str | None) -> bool:
         return authorization == f"Bearer {expected}"
@@ -151,6 +154,12 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            last, digest = running.get(transfer_id, (0, RecordDigest()))
+            if n == last + 1:
+                digest.update(kept)
+                running[transfer_id] = (n, digest)
+            else:
+                running.pop(transfer_id, None)  # out of order: the manifest reads the records back
         return {"status": "stored", "records": len(kept), "refused": refused}
 
     def stored(transfer_id: str) -> list[dict[str, Any]]:
@@ -164,8 +173,14 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
         """Confirm (200, match true) or deny (409, match false) that the cloud holds exactly these records."""
         if not authorised(authorization):
             return problem(401, "Unauthorized", "the broker's bearer token is required")
-        d = RecordDigest()
-        d.update(stored(transfer_id))
+        with db.lock:
+            top = db.conn.execute("SELECT MAX(n) FROM batches WHERE transfer_id = ?", (transfer_id,)).fetchone()[0] or 0
+        cached = running.get(transfer_id)
+        if cached is not None and cached[0] == top:
+            d = cached[1]
+        else:
+            d = RecordDigest()
+            d.update(stored(transfer_id))
         match = d.count == body.records and d.hexdigest() == body.sha256
         with db.lock:
             db.conn.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", (transfer_id, body.dataset, body.records, body.sha256, int(match)))

@@ -24,6 +24,7 @@ from shared.launcher import Stack
 pytestmark = pytest.mark.e2e
 
 DAILY = "enedis.v5.daily_consumption"
+LOAD = "enedis.v5.consumption_load_curve"
 CUSTOMER = "01234567890"
 PAGE = 20
 SEEDS = int(os.environ.get("FAULT_SEEDS", "20"))
@@ -38,7 +39,8 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator
     s = Stack(
         data_dir=data_dir,
         database_url=os.environ.get("DATABASE_URL") or None,
-        holder_files=[real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json"],
+        holder_files=[real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json",
+                      real_dir / "enedis_v5_consumption_load_curve_myelectricaldatapy.json"],
         worker_processes=2,
         extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE), "TRANSFER_ACK_WAIT_S": "2",
                    "TRANSFER_RETRY_INITIAL_S": "0.05", "TRANSFER_RETRY_MAX_S": "0.5", "TRANSFER_FETCH_TIMEOUT_S": "1",
@@ -104,7 +106,8 @@ def assert_exact(c: httpx.Client, s: Stack, t: dict[str, Any]) -> None:
     assert t["status"] == "completed", t
     held = holder_records(c, s, CUSTOMER, DAILY)
     got = cloud_records(c, s, t["id"])
-    assert len(got) == len(held) == t["records"] == 365
+    assert len(held) == 365  # the real daily file, untouched by the other tests
+    assert len(got) == t["records"] == 365
     assert got == held
 
 
@@ -279,10 +282,10 @@ def test_holder_rate_limit_holds_across_workers(c: httpx.Client, fstack: Stack) 
 def test_recurring_consent_runs_incremental_transfers_until_revoked(c: httpx.Client, fstack: Stack) -> None:
     customer = "01234567890"
     consent = c.post(f"{fstack.url('consent')}/consents", json={
-        "data_subject": "subject-recurring", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID, "datasets": [DAILY],
+        "data_subject": "subject-recurring", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID, "datasets": [LOAD],
         "purpose": "daily update", "one_off": False, "frequency": "PT2S"}).json()
     assert consent["frequency"] == "PT2S"
-    token = c.post(f"{fstack.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [DAILY]}).json()
+    token = c.post(f"{fstack.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [LOAD]}).json()
     c.post(f"{fstack.url('consent')}/consents/{consent['id']}/authorise", json=token).raise_for_status()
 
     def transfers() -> list[dict[str, Any]]:
@@ -293,16 +296,17 @@ def test_recurring_consent_runs_incremental_transfers_until_revoked(c: httpx.Cli
         assert time.monotonic() < deadline, transfers()
         time.sleep(0.1)
     first = ts[0]
-    assert first["records"] == 365 and not first["incremental"] and first["schedule_id"]
-    new = [dict(holder_records(c, fstack, customer, DAILY)[-1], date=f"2023-03-{d:02d}", value=str(1000 + d)) for d in (9, 10, 11)]
-    c.post(f"{fstack.url('holder')}/dev/append", json={"customer_id": customer, "dataset": DAILY, "records": new}).raise_for_status()
+    assert first["records"] == 144 and not first["incremental"] and first["schedule_id"]
+    # three new half-hours after the file's last point, in their own dataset: the daily data the other tests use stays as it is
+    new = [dict(holder_records(c, fstack, customer, LOAD)[-1], date=f"2023-03-08 0{h}:00:00", value=str(1000 + h)) for h in (1, 2, 3)]
+    c.post(f"{fstack.url('holder')}/dev/append", json={"customer_id": customer, "dataset": LOAD, "records": new}).raise_for_status()
     deadline = time.monotonic() + 30
     while not (later := [t for t in transfers() if t["status"] == "completed" and t["records"] == 3]):
         assert time.monotonic() < deadline, transfers()
         time.sleep(0.1)
     assert later[0]["incremental"] and cloud_records(c, fstack, later[0]["id"]) == new
     # the occurrences in between moved nothing twice
-    assert all(t["records"] in (0, 3, 365) for t in transfers() if t["status"] == "completed")
+    assert all(t["records"] in (0, 3, 144) for t in transfers() if t["status"] == "completed")
     c.post(f"{fstack.url('consent')}/consents/{consent['id']}/revoke", json={}).raise_for_status()
     time.sleep(1.0)
     count = len(transfers())
@@ -401,6 +405,6 @@ def test_transfer_watch_shows_progress_until_the_end(c: httpx.Client, fstack: St
     t = start(c, fstack)
     result = CliRunner().invoke(app, ["transfer", "watch", t["id"], "--url", fstack.url("transfer"), "--interval", "0.1"])
     assert result.exit_code == 0, result.output
-    assert f"transfer {t['id']} completed: 365 records" in result.output
+    assert f"transfer {t['id']} completed: 365 records" in result.output and "365/365 records" in result.output
     result = CliRunner().invoke(app, ["transfer", "watch", "no-such-transfer", "--url", fstack.url("transfer")])
     assert result.exit_code == 2 and "no transfer" in result.output

@@ -6,7 +6,6 @@ so the stream drops the duplicates a crash between publish and mark could cause)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -124,6 +123,3 @@ class OutboxRelay:
                         )
                     published += len(done)
 
-
-def loads(text: str) -> dict[str, Any]:
-    return dict(json.loads(text))

@@ -164,9 +164,7 @@ def serve_main(service: str, make_app: Callable[[Settings], FastAPI], argv: list
     if args.migrate_only:
         import asyncio
 
-        from sqlalchemy import MetaData
-
-        metadata: MetaData = make_app(settings).state.runtime.metadata
+        metadata = make_app(settings).state.runtime.metadata
         db = Database(settings.database_url_for(service), metadata, settings.schema_for(service))
         asyncio.run(migrations.upgrade(db, service))
         print(f"{service}: database at revision {migrations.head(service)}")

@@ -30,7 +30,6 @@ fails ``retries_exhausted``. Per-holder limits (:mod:`.limits`) hold across all 
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import itertools
@@ -543,6 +542,3 @@ class TransferWorker:
         TRANSFERS_ENDED.add(1, {"status": status, "reason": reason or ""})
         log.info("transfer %s %s%s", tid, status, f" ({reason})" if reason else "")
 
-
-async def sleep_forever() -> None:  # pragma: no cover - used by the worker command
-    await asyncio.Event().wait()

@@ -12,8 +12,11 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.launcher import Stack
@@ -64,25 +67,34 @@ def _drop_pg_schemas(url: str, prefix: str) -> None:
     asyncio.run(drop())
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[Stack]:
-    """The broker's five processes and an embedded nats-server of their own."""
-    data_dir = tmp_path_factory.mktemp("broker")
-    files = [real_dir / name for name in REAL_ENEDIS_FILES] + [_bad_file(real_dir, data_dir / "bad_daily.json")]
+@contextmanager
+def running_stack(data_dir: Path, files: list[Path], *, register: bool = True, env: dict[str, str] | None = None,
+                  **options: Any) -> Iterator[Stack]:
+    """A whole broker of its own: on PostgreSQL (``DATABASE_URL``) in fresh schemas, dropped after;
+    with ``register``, the demo holder and cloud registered."""
     database_url = os.environ.get("DATABASE_URL") or None
     prefix = f"t{uuid.uuid4().hex[:8]}_"
-    s = Stack(
-        data_dir=data_dir,
-        nats_url=None,
-        database_url=database_url,
-        holder_files=files,
-        extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE_LIMIT), "LOG_LEVEL": "INFO",
-                   "OTEL_SPANS_FILE": str(data_dir / "spans")},
-    )
+    s = Stack(data_dir=data_dir, database_url=database_url, holder_files=files,
+              extra_env={"DB_SCHEMA_PREFIX": prefix, "LOG_LEVEL": "INFO", **(env or {})}, **options)
     s.start()
     try:
+        if register:
+            from shared.demo import register_participants
+
+            with httpx.Client(timeout=30) as c:
+                register_participants(c, s)
         yield s
     finally:
         s.stop()
         if database_url and database_url.startswith("postgres"):
             _drop_pg_schemas(database_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[Stack]:
+    """The broker's five processes and an embedded nats-server of their own."""
+    data_dir = tmp_path_factory.mktemp("broker")
+    files = [real_dir / name for name in REAL_ENEDIS_FILES] + [_bad_file(real_dir, data_dir / "bad_daily.json")]
+    with running_stack(data_dir, files, register=False,
+                       env={"TRANSFER_PAGE_LIMIT": str(PAGE_LIMIT), "OTEL_SPANS_FILE": str(data_dir / "spans")}) as s:
+        yield s

@@ -3,8 +3,6 @@ second run) never process the same thing twice (issue "Production")."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.demo import CLOUD_ID, HOLDER_ID, register_participants
+from shared.demo import CLOUD_ID, HOLDER_ID
 from shared.launcher import Stack
+from tests.conftest import running_stack
 
 pytestmark = pytest.mark.e2e
 DAILY = "enedis.v5.daily_consumption"
@@ -22,23 +21,10 @@ CUSTOMER = "01234567890"
 
 @pytest.fixture(scope="module")
 def cstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("concurrency")
-    prefix = f"c{uuid.uuid4().hex[:8]}_"
-    s = Stack(data_dir=data_dir, database_url=os.environ.get("DATABASE_URL") or None,
-              holder_files=[real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json"], worker_processes=2, consent_replicas=2,
-              extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": "50", "LOG_LEVEL": "INFO"})
-    s.start()
-    try:
-        with httpx.Client(timeout=30) as c:
-            register_participants(c, s)
+    files = [real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json"]
+    with running_stack(tmp_path_factory.mktemp("concurrency"), files, env={"TRANSFER_PAGE_LIMIT": "50"},
+                       worker_processes=2, consent_replicas=2) as s:
         yield s
-    finally:
-        s.stop()
-        url = os.environ.get("DATABASE_URL")
-        if url and url.startswith("postgres"):
-            from tests.conftest import _drop_pg_schemas
-
-            _drop_pg_schemas(url, prefix)
 
 
 def test_two_consent_replicas_change_a_consent_once(cstack: Stack) -> None:

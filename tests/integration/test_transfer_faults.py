@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from shared.canonical import records_digest
-from shared.demo import CLOUD_ID, HOLDER_ID, cloud_records, holder_records, register_participants
+from shared.demo import CLOUD_ID, HOLDER_ID, cloud_records, holder_records
 from shared.launcher import Stack
+from tests.conftest import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -32,32 +33,11 @@ SEEDS = int(os.environ.get("FAULT_SEEDS", "20"))
 
 @pytest.fixture(scope="module")
 def fstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[Stack]:
-    import uuid
-
-    data_dir = tmp_path_factory.mktemp("faults")
-    prefix = f"f{uuid.uuid4().hex[:8]}_"
-    s = Stack(
-        data_dir=data_dir,
-        database_url=os.environ.get("DATABASE_URL") or None,
-        holder_files=[real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json",
-                      real_dir / "enedis_v5_consumption_load_curve_myelectricaldatapy.json"],
-        worker_processes=2,
-        extra_env={"DB_SCHEMA_PREFIX": prefix, "TRANSFER_PAGE_LIMIT": str(PAGE), "TRANSFER_ACK_WAIT_S": "2",
-                   "TRANSFER_RETRY_INITIAL_S": "0.05", "TRANSFER_RETRY_MAX_S": "0.5", "TRANSFER_FETCH_TIMEOUT_S": "1",
-                   "TRANSFER_MAX_FAILURES": "20", "LOG_LEVEL": "INFO"},
-    )
-    s.start()
-    try:
-        with httpx.Client(timeout=30) as c:
-            register_participants(c, s)
+    files = [real_dir / "enedis_v5_daily_consumption_myelectricaldatapy.json", real_dir / "enedis_v5_consumption_load_curve_myelectricaldatapy.json"]
+    env = {"TRANSFER_PAGE_LIMIT": str(PAGE), "TRANSFER_ACK_WAIT_S": "2", "TRANSFER_RETRY_INITIAL_S": "0.05", "TRANSFER_RETRY_MAX_S": "0.5",
+           "TRANSFER_FETCH_TIMEOUT_S": "1", "TRANSFER_MAX_FAILURES": "20"}
+    with running_stack(tmp_path_factory.mktemp("faults"), files, env=env, worker_processes=2) as s:
         yield s
-    finally:
-        s.stop()
-        url = os.environ.get("DATABASE_URL")
-        if url and url.startswith("postgres"):
-            from tests.conftest import _drop_pg_schemas
-
-            _drop_pg_schemas(url, prefix)
 
 
 @pytest.fixture()

@@ -27,7 +27,7 @@ import nats
 from shared import envelope, subjects
 from shared.canonical import RecordDigest
 from shared.catalogue import enedis_v5
-from shared.demo import CLOUD_ID, HOLDER_ID, register_participants
+from shared.demo import client_as, CLOUD_ID, HOLDER_ID, register_participants
 from shared.launcher import Stack
 from shared.settings import DEV_RECIPIENT_TOKEN
 
@@ -165,7 +165,7 @@ def main() -> None:
         try:
             if not args.transfers:
                 raise SkipThroughput
-            with httpx.Client(timeout=60) as c:
+            with client_as(s, "admin", timeout=60) as c:
                 register_participants(c, s)
                 total = args.records * args.transfers
                 print(f"throughput: {args.transfers} transfers x {args.records:,} records, pages of {PAGE}")
@@ -195,7 +195,7 @@ def main() -> None:
                       extra_env={"TRANSFER_PAGE_LIMIT": str(PAGE), "LOG_LEVEL": "WARNING"})
             s.start(timeout=180)
             try:
-                with httpx.Client(timeout=120) as c:
+                with client_as(s, "admin", timeout=120) as c:
                     register_participants(c, s)
                     (worker,) = s.workers()
                     assert worker.popen is not None

@@ -92,8 +92,8 @@ class HttpLogSource:
     """The consent service's ``/log`` API at ``base_url`` (httpx; ``transport`` for tests)."""
 
     def __init__(self, base_url: str, *, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 16) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
+                 max_connections: int = 16, auth: httpx.Auth | None = None) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport, auth=auth,
                                         limits=httpx.Limits(max_connections=max_connections))
 
     async def aclose(self) -> None:
@@ -115,7 +115,7 @@ class HttpLogSource:
         """``GET /log/export.jsonl``: one ``{"index", "entry", "leaf_hash"}`` per line. AuditError on a bad line."""
         async with self.client.stream("GET", "/log/export.jsonl", params={"start": start, "end": end}) as r:
             if r.status_code != 200:
-                raise AuditError(f"GET /log/export.jsonl: HTTP {r.status_code}")
+                raise AuditError(f"GET /log/export.jsonl: HTTP {r.status_code}" + (" (reading entries needs a regulator: --token, or --client-id, --key-file and --token-url)" if r.status_code in (401, 403) else ""))
             async for line in r.aiter_lines():
                 if line.strip():
                     try:
@@ -382,9 +382,33 @@ async def verify_log(source: LogSource, *, state: TrustedState | None, public_ke
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0] if __doc__ else None)
 
 
-async def _run(base_url: str, public_key: str | None, state_path: Path, sample: int, concurrency: int, timeout: float) -> Report:
+class _StaticBearer(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
+def _auth(token: str | None, client_id: str | None, key_file: Path | None, token_url: str | None) -> httpx.Auth | None:
+    """The regulator's credentials: a bearer token, or a client id + private key (private_key_jwt, RFC 7523)
+    exchanged at the broker's token endpoint (client credentials grant, scope ``regulator``)."""
+    if token:
+        return _StaticBearer(token)
+    if client_id or key_file or token_url:
+        if not (client_id and key_file and token_url):
+            raise AuditError("--client-id, --key-file and --token-url go together")
+        from .authclient import AsyncTokenSource, BearerAuth
+
+        return BearerAuth(AsyncTokenSource(client_id, key_file.read_text("utf-8"), token_url, scope="regulator"))
+    return None
+
+
+async def _run(base_url: str, public_key: str | None, state_path: Path, sample: int, concurrency: int, timeout: float,
+               auth: httpx.Auth | None = None) -> Report:
     state = load_state(state_path)
-    source = HttpLogSource(base_url, timeout=timeout, max_connections=concurrency)
+    source = HttpLogSource(base_url, timeout=timeout, max_connections=concurrency, auth=auth)
     try:
         report, new_state = await verify_log(source, state=state, public_key=public_key, sample=sample,
                                              concurrency=concurrency, log_url=base_url)
@@ -405,11 +429,19 @@ def verify(
     sample: Annotated[int, typer.Option(min=0, help="inclusion proofs checked for already verified entries (random)")] = 64,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="proof requests in flight")] = 16,
     timeout: Annotated[float, typer.Option(min=0.1, help="HTTP timeout in seconds")] = 30.0,
+    token: Annotated[str | None, typer.Option(envvar="PORTABILITY_TOKEN", help="a regulator's access token")] = None,
+    client_id: Annotated[str | None, typer.Option(envvar="PORTABILITY_CLIENT_ID", help="the regulator's client id")] = None,
+    key_file: Annotated[Path | None, typer.Option(envvar="PORTABILITY_KEY_FILE", help="the regulator's private key (JWK or PEM)")] = None,
+    token_url: Annotated[str | None, typer.Option(envvar="PORTABILITY_TOKEN_URL", help="the broker's token endpoint")] = None,
 ) -> None:
-    """Verify the consent log at BASE_URL. Exit 0 verified, 1 mismatch, 2 usage or network error."""
+    """Verify the consent log at BASE_URL. Exit 0 verified, 1 mismatch, 2 usage or network error.
+
+    Reading entries needs the regulator role: give ``--token``, or ``--client-id``, ``--key-file`` and
+    ``--token-url`` (the registry's ``/oauth/token``)."""
     state_path = state.expanduser()
     try:
-        report = asyncio.run(_run(base_url, public_key, state_path, sample, concurrency, timeout))
+        report = asyncio.run(_run(base_url, public_key, state_path, sample, concurrency, timeout,
+                                  _auth(token, client_id, key_file, token_url)))
     except Mismatch as exc:
         typer.echo(str(exc))
         raise typer.Exit(1) from None

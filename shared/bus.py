@@ -31,8 +31,9 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import envelope, telemetry
+from . import envelope, natsauth, telemetry
 from .errors import BrokerError, InvalidInput, Unavailable, from_problem
+from .settings import Settings
 from .subjects import ALL_STREAMS, StreamSpec, dead_letter_subject
 
 log = logging.getLogger("shared.bus")
@@ -40,6 +41,25 @@ log = logging.getLogger("shared.bus")
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 DUPLICATE_WINDOW_S = 120.0
+
+_violations: Any = None
+
+
+def _permission_violations() -> Any:
+    """Counter of the operations NATS refused this process (a gap in shared/natsauth.py, or an attack)."""
+    global _violations
+    if _violations is None:
+        _violations = telemetry.meter().create_counter(
+            "nats_permission_violations", description="NATS operations refused by the server's permissions")
+    return _violations
+
+
+def _uses_tls(nc: Client) -> bool | None:
+    """Whether the connection runs over TLS; None when the transport does not tell (websocket)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if writer is None:
+        return None
+    return writer.get_extra_info("ssl_object") is not None
 
 
 class Bus:
@@ -55,30 +75,69 @@ class Bus:
         self.replicas = 1
 
     @classmethod
-    async def connect(cls, url: str, service: str, *, connect_timeout: float = 5.0) -> Bus:
-        """Connect with endless reconnects (STACK_PITFALLS N4); raises :class:`Unavailable` if unreachable."""
+    async def connect(
+        cls, url: str, service: str, *, connect_timeout: float = 5.0, settings: Settings | None = None
+    ) -> Bus:
+        """Connect with endless reconnects (STACK_PITFALLS N4); raises :class:`Unavailable` if unreachable.
+
+        Authenticates as the service's own NATS user (``NATS_USER``/``NATS_PASSWORD``, or
+        ``NATS_CREDS_FILE``) over TLS when ``NATS_TLS_*`` is set or the URL is ``tls://``, with the
+        reply inbox ``_INBOX_<service>`` that only this service may read (shared/natsauth.py).
+        ``settings`` default to the environment's. The password is never sent over a connection
+        that should be TLS and is not. Operations the server refuses ("Permissions Violation") are
+        logged as errors and counted (``nats_permission_violations``).
+        """
+        auth = natsauth.client_auth(settings if settings is not None else Settings(), url)
+        nc = Client()
 
         async def error_cb(exc: Exception) -> None:
-            log.warning("nats error: %s", exc)
+            text = str(exc)
+            if "permissions violation" in text.lower():
+                _permission_violations().add(1, {"service": service})
+                log.error("NATS refused an operation of %s (user %s): %s; the allowed subjects are in shared/natsauth.py",
+                          service, auth.user or "-", text)
+            elif isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+                log.error("NATS refused the credentials of %s (user %s): %s", service, auth.user or "-", text)
+            else:
+                log.warning("nats error: %s", exc)
 
         async def closed_cb() -> None:
             if not getattr(bus, "closing", False):
                 log.error("nats connection closed")
 
+        def password() -> str:
+            # called while the CONNECT is built, after any TLS upgrade
+            if auth.require_tls and _uses_tls(nc) is False:
+                raise nats.errors.Error("nats: TLS is configured but the server did not start TLS; the password is not sent")
+            return auth.password or ""
+
+        options: dict[str, Any] = {
+            "servers": [url],
+            "name": service,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": connect_timeout,
+            "allow_reconnect": True,
+            "drain_timeout": 3,
+            "error_cb": error_cb,
+            "closed_cb": closed_cb,
+            "inbox_prefix": natsauth.inbox_prefix(service),
+        }
+        if auth.user:
+            options["user"] = auth.user
+            options["password"] = password
+        if auth.creds_file:
+            options["user_credentials"] = auth.creds_file
+        if auth.tls is not None:
+            options["tls"] = auth.tls
+            options["tls_handshake_first"] = auth.tls_handshake_first
         try:
-            nc = await nats.connect(
-                servers=[url],
-                name=service,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                drain_timeout=3,
-                error_cb=error_cb,
-                closed_cb=closed_cb,
-            )
+            await nc.connect(**options)
         except Exception as exc:  # nats raises several unrelated types here
-            raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
+            raise Unavailable(f"cannot reach NATS at {natsauth.redact_url(url)}: {exc}") from exc
+        if auth.require_tls and _uses_tls(nc) is False:
+            await nc.close()
+            raise Unavailable(f"NATS at {natsauth.redact_url(url)} did not start TLS, which the settings require")
         bus = cls(nc, service)
         return bus
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from .catalogue import UnknownFormat, parse_file
-from .demo import DemoFailed, consented_transfer, pick_customer_dataset, register_participants, summary_line
+from .demo import CLOUD_ID, DEMO_PASSWORD, DemoFailed, client_as, consented_transfer, pick_customer_dataset, register_participants, summary_line
 from .launcher import Stack, StartError
 
 app = typer.Typer(add_completion=False, help="Data portability broker: local runs and demos.")
@@ -40,11 +40,28 @@ def _main_job(stack: Stack, input_file: Path | None) -> tuple[int, dict[str, obj
         register_participants(client, stack)
         console.print(f"registered data holder demo-holder ({stack.url('holder')}) and data recipient demo-cloud ({stack.url('cloud')})")
         customer, ds = pick_customer_dataset(client, stack, dataset)
-        result = consented_transfer(client, stack, customer=customer, dataset=ds, say=console.print)
+        result = consented_transfer(client, stack, customer=customer, dataset=ds, say=console.print, through_pages=True)
     ok = result["status"] == "completed" and bool(result["identical"])
     console.print(("[green]the recipient holds exactly the records the holder served[/green]" if ok
                    else "[red]the recipient does NOT hold exactly the records the holder served[/red]"))
     return (0 if ok else 1), summary_line(result)
+
+
+def _invite_person(stack: Stack) -> None:
+    """Ask for one more consent and tell the person where to click through it in a browser."""
+    try:
+        with httpx.Client(timeout=30) as client, client_as(stack, CLOUD_ID) as cloud:
+            customer, ds = pick_customer_dataset(client, stack)
+            r = cloud.post(f"{stack.url('consent')}/consents", json={
+                "data_subject": "you", "holder_id": "demo-holder", "recipient_id": "demo-cloud", "datasets": [ds],
+                "purpose": "Show my energy use in my personal cloud", "duration_days": 90, "one_off": True})
+            r.raise_for_status()
+    except (httpx.HTTPError, DemoFailed) as exc:
+        console.print(f"[yellow]could not prepare a consent to click through: {exc}[/yellow]")
+        return
+    console.print(f"[bold]Try it in a browser:[/bold] open {stack.url('consent')}/consent/{r.json()['id']} , click Allow, "
+                  f"log in at the holder as customer {customer} with password {DEMO_PASSWORD}; then see {stack.url('consent')}/me "
+                  f"(the request expires unanswered after 10 minutes)")
 
 
 def _check_input(input_file: Path | None) -> None:
@@ -90,7 +107,7 @@ def _start(data_dir: Path, input_file: Path | None) -> Stack:
         stack.start()
     except StartError as exc:
         _fail(str(exc), 1)
-    console.print(f"NATS {stack.nats_url}" + (" (embedded)" if stack.nats else ""))
+    console.print(f"NATS {stack.nats_server_url or stack.nats_url}" + (" (embedded, one user per service)" if stack.nats else ""))
     for name, p in stack.procs.items():
         console.print(f"  {name:<9} {p.url}")
     return stack
@@ -161,6 +178,7 @@ def run(
             print(json.dumps(summary), flush=True)
         except DemoFailed as exc:
             console.print(f"[red]{exc}[/red]")
+        _invite_person(stack)
         console.print(f"serving; logs in {data_dir / 'logs'}; API docs at {stack.url('consent')}/docs; Ctrl-C stops everything")
         while not stopping:
             for p in stack.procs.values():
@@ -177,6 +195,67 @@ def run(
     sys.exit(0)
 
 
+credentials_app = typer.Typer(add_completion=False, help="Credentials of participants and regulators at the broker.")
+app.add_typer(credentials_app, name="credentials")
+
+
+@credentials_app.command("new")
+def credentials_new(
+    client_id: str = typer.Argument(..., help="your participant id in the registry (or a regulator's client id)"),
+    out: Path = typer.Option(Path("."), help="folder for the private key file"),
+    alg: str = typer.Option("ES256", help="ES256 or Ed25519"),
+) -> None:
+    """Make a key pair: the private JWK goes to ``<out>/<client_id>.private.jwk.json`` (mode 0600, keep it);
+    the public JWK Set is printed, for the ``jwks`` of your registry entry (RFC 7517)."""
+    from .authclient import generate_keypair
+
+    private, public = generate_keypair(alg)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{client_id}.private.jwk.json"
+    if path.exists():
+        _fail(f"{path} exists: not overwriting a private key", 2)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(private), "utf-8")
+    console.print(f"private key written to {path} (never share it)", style="green")
+    print(json.dumps(public))
+
+
+@credentials_app.command("token")
+def credentials_token(
+    client_id: str = typer.Option(..., envvar="PORTABILITY_CLIENT_ID", help="your client id"),
+    key_file: Path = typer.Option(..., envvar="PORTABILITY_KEY_FILE", help="your private key (JWK or PEM)"),
+    registry: str = typer.Option(os.environ.get("REGISTRY_URL", "http://127.0.0.1:8101"), help="the broker's registry"),
+    scope: str | None = typer.Option(None, help="holder, recipient, regulator or admin (default: all of yours)"),
+) -> None:
+    """Get an access token (client credentials grant with private_key_jwt, RFC 7523) and print it."""
+    from .authclient import TokenError, TokenSource
+
+    try:
+        print(TokenSource(client_id, key_file.read_text("utf-8"), f"{registry.rstrip('/')}/oauth/token", scope=scope).token())
+    except (TokenError, httpx.HTTPError, OSError) as exc:
+        _fail(f"no token: {exc}", 1)
+
+
+@credentials_app.command("dev-token")
+def credentials_dev_token(
+    who: str = typer.Argument(..., help="admin, regulator, demo-holder or demo-cloud"),
+    registry: str = typer.Option(os.environ.get("REGISTRY_URL", "http://127.0.0.1:8101"), help="the broker's registry"),
+) -> None:
+    """An access token of a development identity of the local broker (``make run``): the built-in admin and
+    regulator, or the demo holder and cloud (their keys are derived from public seeds: development only)."""
+    from .authclient import TokenError
+    from .demo import credentials as dev_credentials_of
+
+    class _Local:
+        def url(self, name: str) -> str:
+            return registry
+
+    try:
+        print(dev_credentials_of(_Local(), who).source().token())  # type: ignore[arg-type]
+    except (TokenError, httpx.HTTPError) as exc:
+        _fail(f"no token for {who}: {exc}", 1)
+
+
 transfer_app = typer.Typer(add_completion=False, help="Transfers.")
 app.add_typer(transfer_app, name="transfer")
 
@@ -186,11 +265,12 @@ def transfer_watch(
     transfer_id: str = typer.Argument(..., help="the transfer id"),
     url: str = typer.Option(os.environ.get("TRANSFER_URL", "http://127.0.0.1:8103"), help="the transfer service"),
     interval: float = typer.Option(0.5, min=0.05, help="seconds between two looks"),
+    token: str | None = typer.Option(None, envvar="PORTABILITY_TOKEN", help="an access token of a party to the transfer"),
 ) -> None:
     """Show a transfer's progress (records, bytes, rate, ETA) until it ends; exit 0 if it completed."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"} if token else None) as client:
         def fetch() -> dict[str, object]:
             try:
                 r = client.get(f"{url}/transfers/{transfer_id}")
@@ -199,6 +279,10 @@ def transfer_watch(
                 raise typer.Exit(2) from None
             if r.status_code == 404:
                 console.print(f"[red]no transfer {transfer_id}[/red]")
+                raise typer.Exit(2)
+            if r.status_code in (401, 403):
+                console.print(f"[red]not allowed to see transfer {transfer_id} ({r.status_code}): give a party's token "
+                              "with --token or PORTABILITY_TOKEN[/red]")
                 raise typer.Exit(2)
             r.raise_for_status()
             return dict(r.json())

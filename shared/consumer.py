@@ -95,7 +95,7 @@ class ConsumerSpec:
     stream: str
     durable: str
     filter_subject: str
-    msg_type: str | None  # None: any type, each checked against its own schema
+    msg_type: str | None  # None: the type its subject names (an event's type is its subject), checked against its schema
     ack_wait_s: float = 60.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
@@ -190,7 +190,7 @@ class PullConsumer:
         ctx = telemetry.extract_context(msg.headers)
         with telemetry.tracer().start_as_current_span(f"{self.spec.filter_subject} process", context=ctx, kind=SpanKind.CONSUMER):
             try:
-                env = envelope.decode(msg.data, expected_type=self.spec.msg_type)
+                env = envelope.decode(msg.data, expected_type=self.spec.msg_type or msg.subject or None)
             except InvalidInput as exc:
                 await self._reject(msg, f"malformed message: {exc.detail}", number)
                 return
@@ -233,7 +233,7 @@ class PullConsumer:
             pass
 
     async def _reject(self, msg: Msg, reason: str, number: int) -> None:
-        await self.bus.dead_letter(self.spec.filter_subject, msg.data, reason, headers=msg.headers, deliveries=number)
+        await self.bus.dead_letter(msg.subject or self.spec.filter_subject, msg.data, reason, headers=msg.headers, deliveries=number)
         try:
             await msg.term()
         except Exception:

@@ -24,7 +24,7 @@ class Database:
         self.metadata = metadata
         self.is_sqlite = url.startswith("sqlite")
         self.schema = None if self.is_sqlite else schema
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"hide_parameters": True}  # statement parameters (sealed tokens, sessions) never in logs or errors
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:

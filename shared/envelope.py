@@ -11,6 +11,7 @@ questions and jobs, ``event.json`` for any ``*.events.*`` type, ``reply.json`` f
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from functools import cache, lru_cache
@@ -22,6 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from .errors import InvalidInput
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")  # JSON may escape a UTF-16 surrogate alone: not Unicode text
 
 
 @lru_cache(maxsize=256)  # bounded: message types come from outside
@@ -68,18 +70,24 @@ def encode(env: dict[str, Any]) -> bytes:
     return json.dumps(env, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _brief(detail: str, limit: int = 500) -> str:
+    """A schema error quotes the offending value, which may be as long as the message: the error replies, logs
+    and dead letters keep its start (a reply as long as a 1 MiB question would not fit in a NATS message)."""
+    return detail if len(detail) <= limit else f"{detail[:limit]}... ({len(detail)} characters)"
+
+
 def validate(env: Any, *, expected_type: str | None = None) -> dict[str, Any]:
     """Check an envelope and its data. Returns it; raises :class:`InvalidInput` with the first error."""
     outer = _validator("envelope")
     if not outer.is_valid(env):  # the fast path; the error walk only for what is invalid
         err = next(iter(outer.iter_errors(env)))
-        raise InvalidInput(f"envelope: {err.message} at /{'/'.join(map(str, err.absolute_path))}")
+        raise InvalidInput(_brief(f"envelope: {err.message} at /{'/'.join(map(str, err.absolute_path))}"))
     if expected_type is not None and env["type"] != expected_type:
         raise InvalidInput(f"expected a message of type {expected_type!r}, got {env['type']!r}")
     inner = _validator(schema_name_for(env["type"]))
     if not inner.is_valid(env["data"]):
         err = next(iter(inner.iter_errors(env["data"])))
-        raise InvalidInput(f"data: {err.message} at /{'/'.join(map(str, err.absolute_path))}")
+        raise InvalidInput(_brief(f"data: {err.message} at /{'/'.join(map(str, err.absolute_path))}"))
     return env
 
 
@@ -93,6 +101,11 @@ def decode(payload: bytes, *, expected_type: str | None = None) -> dict[str, Any
         raise InvalidInput(f"not a JSON message: {exc}") from None
     except (RecursionError, ValueError, MemoryError) as exc:  # absurd nesting, 5000-digit integers
         raise InvalidInput(f"not an acceptable JSON message: {type(exc).__name__}") from None
+    if _SURROGATE_ESCAPE.search(payload):  # rare: only then look for a lone surrogate (a pair decodes to one character)
+        try:
+            json.dumps(env, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("not a JSON message: a string holds a lone UTF-16 surrogate") from None
     try:
         return validate(env, expected_type=expected_type)
     except InvalidInput:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+from .redact import redact
 import logging
 from typing import Any
 
@@ -90,19 +92,26 @@ class BodyLimitMiddleware:
             await self._refuse(send)
             return
         received = 0
-        started = False
+        started = too_large = False
 
         async def limited_receive() -> Any:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message: Any) -> None:
             nonlocal started
+            if too_large and not started:
+                # the app caught BodyTooLarge while parsing (FastAPI answers 400 "error parsing the body"): answer 413
+                started = True
+                await self._refuse(send)
+            if too_large:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -110,8 +119,9 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            pass
+        if too_large and not started:
+            await self._refuse(send)
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps({"type": "https://portability.example/problems/too_large", "title": "Request body too large",
@@ -135,7 +145,14 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return redact(json.dumps(out, ensure_ascii=False))
+
+
+class RedactingFormatter(logging.Formatter):
+    """The text format, with secrets masked (:func:`shared.redact.redact`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -147,9 +164,13 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # their DEBUG lines carry statement parameters and token responses: never below INFO
+    for noisy in ("aiosqlite", "asyncpg", "authlib", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)  # statements with their parameters

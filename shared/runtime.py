@@ -12,16 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import MetaData, Table
 
-from . import migrations, telemetry
+from . import migrations, natsauth, telemetry
+from .auth import ADMIN, REGULATOR, TokenVerifier, install_bearer_errors, requires
 from .bus import Bus
 from .db import Database
 from .http import BodyLimitMiddleware, install_problem_handlers, setup_logging
 from .outbox import OutboxRelay
 from .settings import Settings
+from .subjects import ALL_STREAMS
 
 log = logging.getLogger("shared.runtime")
 
@@ -63,8 +65,10 @@ class Runtime:
                         raise
                     log.info("waiting for the %s database to be migrated", self.name)
                     await asyncio.sleep(0.5)
-        self.bus = await Bus.connect(self.settings.nats_url, self.name)
-        await self.bus.ensure_streams(replicas=self.settings.nats_stream_replicas)
+        self.bus = await Bus.connect(self.settings.nats_url, self.name, settings=self.settings)
+        # each service creates the streams it owns (with NATS permissions on it may create no others)
+        owned = natsauth.owned_streams(self.name) if self.name in natsauth.ACCESS else ALL_STREAMS
+        await self.bus.ensure_streams(owned, replicas=self.settings.nats_stream_replicas)
         self.relay = OutboxRelay(self.db, self.outbox, self.bus)
         self.relay.start()
 
@@ -96,8 +100,15 @@ def build_app(
     """A FastAPI app whose lifespan starts and stops ``runtime``; adds /healthz and /readyz."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        verifier: TokenVerifier = app_.state.token_verifier
+        started_verifier = getattr(app_.state, "start_token_verifier", True)
+        if started_verifier:
+            # a verifier fed locally (the registry's own) needs no NATS subscription
+            local = getattr(app_.state, "token_verifier_local", False)
+            await verifier.start(None if local else runtime.require_bus())
+        runtime.ready_checks.setdefault("token_keys", lambda: verifier.ready)
         if on_start:
             await on_start(runtime)
         try:
@@ -105,20 +116,25 @@ def build_app(
         finally:
             if on_stop:
                 await on_stop(runtime)
+            if started_verifier:
+                await verifier.stop()
             await runtime.stop()
 
     telemetry.setup(runtime.name)
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
+    # the broker's access tokens (shared.auth): keys from the registry over NATS; the registry replaces it
+    app.state.token_verifier = TokenVerifier.from_settings(runtime.settings)
     telemetry.instrument_app(app)
     install_problem_handlers(app)
+    install_bearer_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    @app.get("/metrics", tags=["health"], include_in_schema=False, dependencies=[Depends(requires(REGULATOR, ADMIN))])
     async def metrics() -> Any:
         """Prometheus text format of the service's OpenTelemetry metrics."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 # request/reply (NATS core)
 REGISTRY_PARTICIPANT_GET = "registry.participant.get"
 REGISTRY_DATASET_GET = "registry.dataset.get"
+REGISTRY_OAUTH_JWKS = "registry.oauth.jwks"  # the access-token verification keys and the revoked token ids
 CONSENT_CHECK = "consent.check"
 CONSENT_TOKEN_GET = "consent.token.get"
 

@@ -83,7 +83,7 @@ def setup(service: str) -> None:
 
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(request_hook=_redact_client_span, async_request_hook=_redact_client_span_async)
     _configured = True
 
 
@@ -91,7 +91,35 @@ def instrument_app(app: Any) -> None:
     """Server spans for a FastAPI app (health and metrics routes left out)."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", server_request_hook=_redact_server_span)
+
+
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.query")
+
+
+def _redact_attributes(span: Any) -> None:
+    """Mask OAuth codes, states and tokens in the URL attributes of a span (shared.redact)."""
+    from .redact import redact_url
+
+    attributes = getattr(span, "attributes", None) or {}
+    if not span.is_recording():
+        return
+    for key in _URL_ATTRIBUTES:
+        value = attributes.get(key)
+        if isinstance(value, str) and value:
+            span.set_attribute(key, redact_url(value) if key != "url.query" else redact_url("?" + value)[1:])
+
+
+def _redact_server_span(span: Any, _scope: Any) -> None:
+    _redact_attributes(span)
+
+
+def _redact_client_span(span: Any, _request: Any) -> None:
+    _redact_attributes(span)
+
+
+async def _redact_client_span_async(span: Any, _request: Any) -> None:
+    _redact_attributes(span)
 
 
 def tracer() -> trace.Tracer:

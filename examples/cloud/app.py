@@ -13,14 +13,16 @@ authenticates with a bearer token (``CLOUD_BROKER_TOKEN``).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Path as PathParam
+from fastapi import FastAPI, Header, Path as PathParam, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,7 +62,7 @@ class BatchAck(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
     dataset: str = Field(min_length=1, max_length=128)
-    records: int = Field(ge=0)
+    records: int = Field(ge=0, le=2**63 - 1)  # SQLite's INTEGER
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
 
 
@@ -77,6 +79,7 @@ class Faults(BaseModel):
     fail_every: int = Field(default=0, ge=0)
     capacity_records: int | None = Field(default=None, ge=0)
     refuse_values: list[str] = Field(default_factory=list, description="refuse records whose value is one of these")
+    notifications_down: bool = Field(default=False, description="answer 503 to consent notifications (a cloud that is down)")
 
 
 class Db:
@@ -93,6 +96,8 @@ class Db:
                 dataset TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (transfer_id, n, position));
             CREATE TABLE IF NOT EXISTS manifests (transfer_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, records INTEGER NOT NULL,
                 sha256 TEXT NOT NULL, match INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS notifications (idempotency_key TEXT PRIMARY KEY, received_at REAL NOT NULL, token TEXT NOT NULL,
+                event TEXT NOT NULL);
             """
         )
 
@@ -104,7 +109,8 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
     db = Db(db_path or Path(os.environ.get("CLOUD_DB", "var/cloud.db")))
     expected = token or os.environ.get("CLOUD_BROKER_TOKEN", DEV_RECIPIENT_TOKEN)
     owner = os.environ.get("CLOUD_OWNER_TOKEN", DEV_OWNER_TOKEN)
-    app = FastAPI(title="Reference personal cloud", version="0.1.0", description="Implements the broker's recipient import contract.")
+    app = FastAPI(title="Reference personal cloud", version="0.1.0", description="Implements the broker's recipient import contract.",
+                  responses={400: {"description": "a body that is not UTF-8 JSON, or a bad key"}})
     app.state.db = db
     app.add_middleware(BodyLimitMiddleware, max_bytes=64 * 1024 * 1024)
     state: dict[str, Any] = {"faults": Faults(), "batch_requests": 0, "duplicates": 0}
@@ -122,7 +128,7 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
     @app.put("/transfers/{transfer_id}/batches/{n}", response_model=BatchAck, status_code=201,
              responses={200: {"model": BatchAck, "description": "duplicate: already stored"}, 400: {"description": "bad key"},
                         401: {"description": "no or wrong token"}})
-    def put_batch(body: Batch, transfer_id: str = PathParam(max_length=64), n: int = PathParam(ge=1),
+    def put_batch(body: Batch, transfer_id: str = PathParam(max_length=64), n: int = PathParam(ge=1, le=2**63 - 1),
                   authorization: str | None = Header(default=None), idempotency_key: str | None = Header(default=None)) -> Any:
         """Store a batch once; a repeated ``Idempotency-Key`` is acknowledged without storing twice."""
         if not authorised(authorization):
@@ -186,12 +192,41 @@ def create_app(db_path: Path | None = None, token: str | None = None) -> FastAPI
             db.conn.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", (transfer_id, body.dataset, body.records, body.sha256, int(match)))
         return JSONResponse({"match": match, "records": d.count, "sha256": d.hexdigest()}, status_code=200 if match else 409)
 
-    @app.get("/transfers/{transfer_id}/records", tags=["owner"])
+    @app.get("/transfers/{transfer_id}/records", tags=["owner"], responses={401: {"description": "no or wrong owner token"}})
     def get_records(transfer_id: str, authorization: str | None = Header(default=None)) -> Any:
         """What the cloud holds for a transfer, in order: the owner's view, with the owner's token (not the broker's)."""
         if authorization != f"Bearer {owner}":
             return problem(401, "Unauthorized", "a bearer token is required")
         return {"records": stored(transfer_id)}
+
+    @app.post("/notifications", status_code=202, tags=["notifications"],
+              responses={400: {"description": "not a security event token"}, 503: {"description": "down (injected)"}})
+    async def notification(request: Request, idempotency_key: str | None = Header(default=None, max_length=200)) -> Any:
+        """A consent notification from the broker: a Security Event Token (RFC 8417, compact JWS) whose
+        signature can be checked with the broker's ``/.well-known/jwks.json``. Stored once per
+        ``Idempotency-Key``; 202 acknowledges it (the broker retries until then)."""
+        if state["faults"].notifications_down:
+            return problem(503, "Service Unavailable", "down (injected fault)")
+        raw = (await request.body())[:65536].decode("utf-8", "replace")
+        parts = raw.split(".")
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))) if len(parts) == 3 else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("events"), dict):
+            return problem(400, "Bad Request", "the body must be a security event token (RFC 8417)")
+        key = idempotency_key or str(payload.get("jti"))
+        with db.lock:
+            db.conn.execute("INSERT OR IGNORE INTO notifications VALUES (?, ?, ?, ?)",
+                            (key, time.time(), raw, json.dumps(payload, ensure_ascii=False)))
+        return {"status": "accepted"}
+
+    @app.get("/dev/notifications", tags=["development"])
+    def notifications() -> dict[str, Any]:
+        """The consent notifications received, oldest first: ``{"notifications": [SET payload...]}``."""
+        with db.lock:
+            rows = db.conn.execute("SELECT event FROM notifications ORDER BY received_at").fetchall()
+        return {"notifications": [json.loads(r[0]) for r in rows]}
 
     @app.put("/dev/faults", tags=["development"])
     def set_faults(body: Faults) -> Faults:

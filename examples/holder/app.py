@@ -9,8 +9,26 @@ Cursors are opaque and stable: the same cursor always returns the same page.
 Data: the files named by ``HOLDER_FILES`` (separated by ``os.pathsep``), or a generated sample.
 Each file belongs to the customer of its meter (``usage_point_id``).
 
-Until the holder gets its OAuth 2.0 authorization server, ``POST /dev/tokens`` issues the
-bearer token of one customer for some datasets (development only).
+Tokens come from the holder's OAuth 2.0 authorization server (:mod:`examples.holder.oauth`, authlib)::
+
+    GET  /.well-known/oauth-authorization-server   RFC 8414 metadata (scopes: the dataset ids served)
+    GET  /oauth/authorize                          RFC 6749 4.1 + RFC 7636 (PKCE S256 required): login page
+    POST /oauth/authorize                          username (customer id), password, action=allow|deny
+    POST /oauth/token                              authorization_code, refresh_token (rotating); + "sub"
+    POST /oauth/revoke                             RFC 7009: the token and the other tokens of its grant
+    GET  /grant                                    Bearer: {"sub", "datasets", "expires_at"} or 401
+
+A token reads only its customer's records of the datasets of its scope. Settings (environment):
+``HOLDER_OAUTH_CLIENTS`` (JSON list of ``{"client_id", "client_secret", "redirect_uris"}``; default:
+``portability-broker`` / ``dev-broker-secret`` with any redirect URI on 127.0.0.1 or localhost),
+``HOLDER_DEMO_PASSWORD`` (the demo customers' password, default ``demo``), ``HOLDER_TOKEN_TTL_S``
+(default 3600) and ``HOLDER_ISSUER`` (default: the base URL of each request; set it behind a TLS
+proxy: the OAuth endpoints need https, or http on a loopback address).
+
+Development only: ``POST /dev/tokens`` issues the tokens of one customer for some datasets without
+the login (their refresh needs no client authentication), ``POST /dev/expire-tokens`` expires them,
+``POST /dev/revoke-all?customer_id=`` forgets every token of a customer (the holder lost the
+consent), and ``/dev/faults`` injects faults into the export endpoint.
 """
 
 from __future__ import annotations
@@ -24,12 +42,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Form, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalogue import parse_file
 from shared.catalogue import enedis_v5
+
+from .oauth import (CODE_TTL_S, DEV_TOKENS_CLIENT_ID, AuthorizationCode, HolderAuthorizationServer, IssuedToken, OAuthSettings,
+                    oauth_router)
 
 PROBLEM = "application/problem+json"
 MAX_LIMIT = 1000
@@ -54,6 +75,14 @@ class TokenResponse(BaseModel):
     token_type: str = "Bearer"
     expires_in: int
     refresh_token: str | None = None
+
+
+class GrantInfo(BaseModel):
+    """What a token grants: the customer, the datasets of its scope, and when it expires (Unix seconds)."""
+
+    sub: str
+    datasets: list[str]
+    expires_at: int
 
 
 class RecordsPage(BaseModel):
@@ -97,7 +126,12 @@ def write_sample(directory: Path) -> list[Path]:
 
 
 class Store:
-    """Customers' records by (customer id, dataset id), and issued tokens."""
+    """Customers' records by (customer id, dataset id), and the authorization server's codes and tokens.
+
+    ``tokens``: access token -> ``{"customer_id", "datasets", "expires_at"}`` (+ ``grant_id``, ``client_id``);
+    ``refresh_tokens``: refresh token -> ``{"customer_id", "datasets", "expires_in", "grant_id", "client_id"}``.
+    A grant (``grant_id``) is one authorization: its code and the tokens issued from it.
+    """
 
     def __init__(self, files: list[Path]) -> None:
         self.data: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -107,6 +141,8 @@ class Store:
             self.data.setdefault((customer, parsed.dataset_id), []).extend(parsed.records)
         self.tokens: dict[str, dict[str, Any]] = {}
         self.refresh_tokens: dict[str, dict[str, Any]] = {}
+        self.codes: dict[str, AuthorizationCode] = {}
+        self.used_codes: dict[str, tuple[str, float]] = {}  # redeemed code -> (grant id, until when to remember it)
         self.export_requests = 0
         self.request_log: list[float] = []  # time.time() of each export request
         self.faults = Faults()
@@ -114,9 +150,97 @@ class Store:
 
     def customers(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for (customer, dataset), recs in self.data.items():
+        for (customer, dataset), recs in list(self.data.items()):
             out.setdefault(customer, {})[dataset] = len(recs)
         return out
+
+    def dataset_ids(self) -> list[str]:
+        """Every dataset the holder serves (to some customer)."""
+        return sorted({dataset for _, dataset in list(self.data)})
+
+    # -- tokens
+    def save_tokens(self, access_token: str, refresh_token: str, *, customer_id: str, datasets: tuple[str, ...] | list[str],
+                    expires_in: int, grant_id: str | None, client_id: str | None, replaces: str | None = None) -> bool:
+        """Keep an access token and its refresh token; with ``replaces``, only if that refresh token is still
+        there, and it goes (rotation, atomically). False if ``replaces`` was unknown or already used."""
+        with self.lock:
+            if replaces is not None and self.refresh_tokens.pop(replaces, None) is None:
+                return False
+            grant = {"customer_id": customer_id, "datasets": list(datasets), "grant_id": grant_id, "client_id": client_id}
+            self.tokens[access_token] = dict(grant, expires_at=time.time() + expires_in)
+            self.refresh_tokens[refresh_token] = dict(grant, expires_in=expires_in)
+        return True
+
+    def find_token(self, value: str, kinds: tuple[str, ...] = ("access_token", "refresh_token")) -> IssuedToken | None:
+        """The token ``value`` if it is of one of ``kinds`` (the revocation endpoint searches both whatever
+        the hint, RFC 7009 section 2.1: a value is never both)."""
+        with self.lock:
+            access = self.tokens.get(value) if "access_token" in kinds else None
+            refresh = self.refresh_tokens.get(value) if "refresh_token" in kinds else None
+        if refresh is not None:
+            return IssuedToken(value, "refresh_token", refresh["customer_id"], tuple(refresh["datasets"]), refresh.get("client_id"),
+                               refresh.get("grant_id"), expires_in=int(refresh["expires_in"]))
+        if access is not None:
+            return IssuedToken(value, "access_token", access["customer_id"], tuple(access["datasets"]), access.get("client_id"),
+                               access.get("grant_id"), expires_at=float(access["expires_at"]))
+        return None
+
+    def revoke(self, token: IssuedToken) -> int:
+        """Forget ``token`` and every other token of its grant; how many went."""
+        with self.lock:
+            n = int(self.tokens.pop(token.value, None) is not None) + int(self.refresh_tokens.pop(token.value, None) is not None)
+        return n + (self.revoke_grant(token.grant_id) if token.grant_id else 0)
+
+    def revoke_grant(self, grant_id: str) -> int:
+        """Forget every token of a grant (and its code, if not redeemed yet); how many went."""
+        with self.lock:
+            n = 0
+            for table in (self.tokens, self.refresh_tokens):
+                for value in [v for v, g in table.items() if g.get("grant_id") == grant_id]:
+                    del table[value]
+                    n += 1
+            for code in [c for c, v in self.codes.items() if v.grant_id == grant_id]:
+                del self.codes[code]
+                n += 1
+        return n
+
+    def revoke_customer(self, customer_id: str) -> int:
+        """Forget every code and token of a customer (development: the holder lost the consent)."""
+        with self.lock:
+            n = 0
+            for table in (self.tokens, self.refresh_tokens):
+                for value in [v for v, g in table.items() if g.get("customer_id") == customer_id]:
+                    del table[value]
+                    n += 1
+            for code in [c for c, v in self.codes.items() if v.customer_id == customer_id]:
+                del self.codes[code]
+                n += 1
+        return n
+
+    # -- authorization codes
+    def save_code(self, code: AuthorizationCode) -> None:
+        with self.lock:
+            now = time.time()
+            for value in [c for c, v in self.codes.items() if v.expires_at < now]:
+                del self.codes[value]
+            for value in [c for c, (_, until) in self.used_codes.items() if until < now]:
+                del self.used_codes[value]
+            self.codes[code.code] = code
+
+    def take_code(self, value: str) -> AuthorizationCode | None:
+        """Redeem a code: it leaves the store (single use, RFC 6749 section 4.1.2). A code redeemed before
+        revokes the tokens issued from it and gives None; so does an expired or unknown code."""
+        with self.lock:
+            code = self.codes.pop(value, None)
+            if code is not None:
+                self.used_codes[value] = (code.grant_id, code.expires_at + CODE_TTL_S)
+            reused = self.used_codes.get(value) if code is None else None
+        if reused is not None:
+            self.revoke_grant(reused[0])
+            return None
+        if code is None or code.expires_at < time.time():
+            return None
+        return code
 
 
 def _encode_cursor(customer: str, dataset: str, offset: int) -> str:
@@ -132,18 +256,32 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
     return value
 
 
-def create_app(files: list[Path] | None = None) -> FastAPI:
+def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None = None) -> FastAPI:
+    """The holder app over ``files`` (default: ``HOLDER_FILES`` or the sample); ``oauth`` default: from the environment."""
     if files is None:
         env = os.environ.get("HOLDER_FILES", "")
         files = [Path(p) for p in env.split(os.pathsep) if p] or write_sample(Path(os.environ.get("HOLDER_SAMPLE_DIR", "var/holder-sample")))
     store = Store(files)
+    server = HolderAuthorizationServer(store, oauth or OAuthSettings.from_env())
     app = FastAPI(title="Reference data holder", version="0.1.0",
-                  description="Implements the broker's holder export contract.")
+                  description="Implements the broker's holder export contract, with an OAuth 2.0 authorization server.",
+                  responses={400: {"description": "a body that is not UTF-8 JSON, or a bad request"}})
     app.state.store = store
+    app.state.oauth = server
+    app.include_router(oauth_router(server))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    def bearer_grant(authorization: str | None) -> dict[str, Any] | JSONResponse:
+        """The grant of the request's bearer token (RFC 6750 section 2.1), or the 401 problem (section 3.1)."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return problem(401, "Unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        grant = store.tokens.get(authorization[7:])
+        if grant is None or grant["expires_at"] < time.time():
+            return problem(401, "Unauthorized", "unknown, expired or revoked token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return grant
 
     @app.get("/datasets/{dataset}/records", response_model=None,
              responses={200: {"model": RecordsPage, "description": "a page of records"}, 401: {"description": "no or unknown token"},
@@ -162,11 +300,9 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
             return problem(500, "Internal Server Error", "injected fault")
         if faults.throttle_every and n % faults.throttle_every == 0:
             return problem(429, "Too Many Requests", "slow down", {"Retry-After": str(faults.retry_after_s)})
-        if not authorization or not authorization.startswith("Bearer "):
-            return problem(401, "Unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-        grant = store.tokens.get(authorization[7:])
-        if grant is None or grant["expires_at"] < time.time():
-            return problem(401, "Unauthorized", "unknown or expired token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        grant = bearer_grant(authorization)
+        if isinstance(grant, JSONResponse):
+            return grant
         if dataset not in grant["datasets"]:
             return problem(403, "Forbidden", f"the token does not cover dataset {dataset}")
         offset = 0
@@ -187,32 +323,28 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
             body["resume_cursor"] = _encode_cursor(grant["customer_id"], dataset, max(offset, len(recs)))
         return JSONResponse(body)  # records go out as the holder keeps them, without a second validation
 
-    @app.post("/dev/tokens", response_model=TokenResponse, tags=["development"])
+    @app.get("/grant", response_model=None, tags=["oauth"],
+             responses={200: {"model": GrantInfo, "description": "the token's grant"},
+                        401: {"description": "no, unknown, expired or revoked token (problem details)"}})
+    def grant_info(authorization: str | None = Header(default=None)) -> Any:
+        """The cheap check a client makes after the authorisation (and later): does the holder still know
+        this token? Its customer (``sub``), the datasets of its scope and its expiry (Unix seconds)."""
+        grant = bearer_grant(authorization)
+        if isinstance(grant, JSONResponse):
+            return grant
+        return JSONResponse({"sub": grant["customer_id"], "datasets": list(grant["datasets"]), "expires_at": int(grant["expires_at"])},
+                            headers={"Cache-Control": "no-store"})
+
+    @app.post("/dev/tokens", response_model=TokenResponse, tags=["development"], responses={404: {"description": "no such customer"}})
     def issue_token(body: TokenRequest) -> Any:
-        """Development stand-in for the holder's OAuth server: a bearer token of ``customer_id`` for ``datasets``."""
+        """Development stand-in for the login: a bearer token of ``customer_id`` for ``datasets``, and a
+        refresh token that works at ``/oauth/token`` without client authentication."""
         if body.customer_id not in store.customers():
             return problem(404, "Not found", f"no customer {body.customer_id}")
-        return issue({"customer_id": body.customer_id, "datasets": list(body.datasets)}, body.expires_in)
-
-    def issue(grant: dict[str, Any], expires_in: int) -> dict[str, Any]:
         token, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        with store.lock:
-            store.tokens[token] = dict(grant, expires_at=time.time() + expires_in)
-            store.refresh_tokens[refresh] = dict(grant, expires_in=expires_in)
-        return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": refresh}
-
-    @app.post("/oauth/token", response_model=TokenResponse, response_model_exclude_none=True, tags=["oauth"])
-    def token_endpoint(grant_type: str = Form(max_length=64), refresh_token: str | None = Form(default=None, max_length=512)) -> Any:
-        """OAuth 2.0 token endpoint, refresh grant (RFC 6749 section 6); refresh tokens rotate."""
-        headers = {"Cache-Control": "no-store"}
-        if grant_type != "refresh_token":
-            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400, headers=headers)
-        with store.lock:
-            grant = store.refresh_tokens.pop(refresh_token or "", None)
-        if grant is None:
-            return JSONResponse({"error": "invalid_grant", "error_description": "unknown or used refresh token"}, status_code=400, headers=headers)
-        expires_in = int(grant.pop("expires_in"))
-        return JSONResponse(issue(grant, expires_in), headers=headers)
+        store.save_tokens(token, refresh, customer_id=body.customer_id, datasets=list(body.datasets), expires_in=body.expires_in,
+                          grant_id=secrets.token_urlsafe(12), client_id=DEV_TOKENS_CLIENT_ID)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": body.expires_in, "refresh_token": refresh}
 
     @app.post("/dev/expire-tokens", tags=["development"])
     def expire_tokens(refresh_too: bool = False) -> dict[str, int]:
@@ -224,6 +356,11 @@ def create_app(files: list[Path] | None = None) -> FastAPI:
             if refresh_too:
                 store.refresh_tokens.clear()
         return {"expired": n}
+
+    @app.post("/dev/revoke-all", tags=["development"])
+    def revoke_all(customer_id: str = Query(min_length=1, max_length=256)) -> dict[str, int]:
+        """Forget every code and token of a customer: the holder lost the consent (its tokens answer 401)."""
+        return {"revoked": store.revoke_customer(customer_id)}
 
     @app.post("/dev/append", tags=["development"])
     def append(body: Append) -> dict[str, int]:

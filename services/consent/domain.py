@@ -1,7 +1,10 @@
 """Consent lifecycle (../shared/DESIGN.md, "Consent lifecycle"): pure rules, no I/O.
 
-    requested  -> authorised | rejected
-    authorised -> revoked | expired | consumed
+    requested  -> authorised | rejected | expired   (a request left for over 10 minutes is abandoned)
+    authorised -> revoked | expired | consumed | superseded   (replaced by an amended consent)
+
+``requested -> expired`` and ``authorised -> superseded`` extend DESIGN.md's table: the consent issue
+asks for abandoned requests to expire and for amended consents to link to the one they replace.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ from __future__ import annotations
 from shared.errors import Conflict
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "requested": frozenset({"authorised", "rejected"}),
-    "authorised": frozenset({"revoked", "expired", "consumed"}),
+    "requested": frozenset({"authorised", "rejected", "expired"}),
+    "authorised": frozenset({"revoked", "expired", "consumed", "superseded"}),
     "rejected": frozenset(),
     "revoked": frozenset(),
     "expired": frozenset(),
     "consumed": frozenset(),
+    "superseded": frozenset(),
 }
+
+LIVE = frozenset({"requested", "authorised"})
+ENDED = frozenset({"rejected", "revoked", "expired", "consumed", "superseded"})
 
 STATES = frozenset(TRANSITIONS)
 

@@ -513,6 +513,7 @@ class Checkpointer:
     def __init__(self, db: Database, signer: Signer, origin: str, *, interval_s: float = 1.0) -> None:
         self.db, self.signer, self.origin, self.interval_s = db, signer, origin, interval_s
         self._task: asyncio.Task[None] | None = None
+        self.size = 0  # entries in the log at the last tick (the consent_log_entries gauge)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -537,6 +538,7 @@ class Checkpointer:
         while True:
             try:
                 await issue_checkpoint(self.db, self.signer, self.origin)
+                self.size = await current_size(self.db)
             except asyncio.CancelledError:
                 raise
             except Exception:

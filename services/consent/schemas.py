@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,26 @@ class ConsentRequest(BaseModel):
     one_off: bool = True
     frequency: str | None = Field(default=None, max_length=32, pattern=r"^P(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
                                   description="recurring consents: ISO 8601 duration between transfers, e.g. P1D")
+    purpose_category: str = Field(default="dpv:ServiceProvision", max_length=200, pattern=r"^(dpv:[A-Za-z]+|https://w3id\.org/dpv[#/][A-Za-z#/]+)$",
+                                  description="W3C Data Privacy Vocabulary purpose, e.g. dpv:ServiceProvision")
+    legal_basis: str = Field(default="dpv:Consent", max_length=200, description="e.g. dpv:Consent (GDPR Art. 6(1)(a)) for portability")
+    data_from: date | None = Field(default=None, strict=False, description="first day of data the consent covers (inclusive)")
+    data_to: date | None = Field(default=None, strict=False, description="last day of data the consent covers (inclusive)")
+
+
+class Amendment(BaseModel):
+    """What changes in an amended consent; the rest is copied from the consent it replaces."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    datasets: list[str] | None = Field(default=None, min_length=1, max_length=20)
+    purpose: str | None = Field(default=None, min_length=1, max_length=1000)
+    purpose_category: str | None = Field(default=None, max_length=200, pattern=r"^(dpv:[A-Za-z]+|https://w3id\.org/dpv[#/][A-Za-z#/]+)$")
+    duration_days: int | None = Field(default=None, ge=1, le=1095)
+    data_from: date | None = Field(default=None, strict=False)
+    data_to: date | None = Field(default=None, strict=False)
+
+    def changes(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, date) else v) for k, v in self.model_dump().items() if v is not None}
 
 
 class HolderToken(BaseModel):
@@ -50,8 +70,16 @@ class Consent(BaseModel):
     purpose: str
     one_off: bool
     frequency: str | None = None
-    status: Literal["requested", "authorised", "rejected", "revoked", "expired", "consumed"]
-    status_reason: str | None = None
+    status: Literal["requested", "authorised", "rejected", "revoked", "expired", "consumed", "superseded"]
+    status_reason: str | None = Field(default=None, description="who revoked it, that it expired, or where an abandoned request stopped")
+    purpose_category: str = "dpv:ServiceProvision"
+    legal_basis: str = "dpv:Consent"
+    data_from: date | None = None
+    data_to: date | None = None
+    holder_subject: str | None = Field(default=None, description="the data subject's id at the holder (from its authorization server)")
+    supersedes: str | None = Field(default=None, description="the consent this amended one replaces")
+    superseded_by: str | None = None
+    holder_check: str | None = Field(default=None, description="confirmed | holder_lost_consent | unreachable: does the holder see it")
     expires_at: datetime
     created_at: datetime
     updated_at: datetime
@@ -92,3 +120,13 @@ class ConsistencyProof(BaseModel):
     first: int
     second: int
     proof: list[str]
+
+
+class Receipt(BaseModel):
+    """A signed consent receipt: compact JWS (EdDSA, Ed25519; RFC 7515, RFC 8037) whose payload is a Kantara
+    Consent Receipt v1.1; verify it with the keys at ``/.well-known/jwks.json``."""
+
+    consent_id: str
+    log_index: int = Field(description="index of the consent log entry of the authorisation (ask its inclusion proof)")
+    jws: str
+    payload: dict[str, Any]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from shared import subjects, telemetry
@@ -19,7 +18,7 @@ from shared.outbox import add_event
 from shared.runtime import Runtime
 
 from . import log, models
-from .domain import check_transition
+from .domain import ENDED, check_transition
 
 
 _meter = telemetry.meter()
@@ -27,6 +26,8 @@ _meter = telemetry.meter()
 CONSENT_TRANSITIONS = _meter.create_counter("consent_transitions", description="consent state changes, by the new status")
 CONSENT_CHECKS = _meter.create_counter("consent_checks", description="consent.check answers, by validity")
 CONSENT_CHECK_SECONDS = _meter.create_histogram("consent_check_duration", unit="s", description="time to answer consent.check")
+CONSENT_REQUESTS_ABANDONED = _meter.create_counter("consent_requests_abandoned",
+                                                   description="consent requests that expired unanswered, by the step where the person stopped")
 
 
 def _aware(dt: datetime) -> datetime:
@@ -48,6 +49,14 @@ def _consent(row: Any) -> dict[str, Any]:
         "expires_at": _aware(row.expires_at).isoformat(),
         "created_at": _aware(row.created_at).isoformat(),
         "updated_at": _aware(row.updated_at).isoformat(),
+        "purpose_category": row.purpose_category,
+        "legal_basis": row.legal_basis,
+        "data_from": row.data_from.isoformat() if row.data_from else None,
+        "data_to": row.data_to.isoformat() if row.data_to else None,
+        "holder_subject": row.holder_subject,
+        "supersedes": row.supersedes,
+        "superseded_by": row.superseded_by,
+        "holder_check": row.holder_check,
         "log_index": row._mapping.get("log_index"),
     }
 
@@ -75,10 +84,12 @@ async def _check_participant(rt: Runtime, participant_id: str, role: str) -> dic
     return p
 
 
-async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any]:
+async def request_consent(rt: Runtime, *, body: dict[str, Any], supersedes: str | None = None) -> dict[str, Any]:
     """Create a consent in state ``requested`` after checking both participants and the datasets
     with the registry over NATS. Raises Unprocessable (422) for unknown or unfit participants or
-    datasets, Unavailable if the registry does not answer. Nothing is stored on error.
+    datasets, or a duration above the holder's cap (``limits.max_consent_days`` in its registry entry,
+    default the broker's ``consent_max_days``, never above ``consent_max_days_cap``), InvalidInput (400)
+    for inconsistent fields, Unavailable if the registry does not answer. Nothing is stored on error.
     """
     holder = await _check_participant(rt, body["holder_id"], "holder")
     recipient = await _check_participant(rt, body["recipient_id"], "recipient")
@@ -92,7 +103,11 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
         if ds not in holder["datasets_offered"]:
             raise Unprocessable(f"holder {holder['id']!r} does not offer dataset {ds!r}", field="datasets")
         if ds not in recipient["datasets_accepted"]:
-            raise Unprocessable(f"recipient {recipient['id']!r} does not accept dataset {ds!r}", field="datasets")
+            # fine when the catalogue converts it to a type the recipient accepts (the transfer then converts it)
+            from shared.catalogue import converters
+
+            if converters.find(ds, recipient["datasets_accepted"]) is None:
+                raise Unprocessable(f"recipient {recipient['id']!r} does not accept dataset {ds!r} (nor a type it converts to)", field="datasets")
     frequency = body.get("frequency")
     if frequency is not None:
         if body.get("one_off", True):
@@ -101,9 +116,13 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
             raise InvalidInput("frequency must be between one second and one year")
     if body["holder_id"] == body["recipient_id"]:
         raise InvalidInput("holder and recipient must differ")
+    data_from, data_to = _date(body.get("data_from")), _date(body.get("data_to"))
+    if data_from and data_to and data_from > data_to:
+        raise InvalidInput("data_from must not be after data_to")
     days = int(body.get("duration_days", 90))
-    if days > rt.settings.consent_max_days:
-        raise Unprocessable(f"a consent may last at most {rt.settings.consent_max_days} days", field="duration_days")
+    cap = min(int((holder.get("limits") or {}).get("max_consent_days") or rt.settings.consent_max_days), rt.settings.consent_max_days_cap)
+    if days > cap:
+        raise Unprocessable(f"holder {holder['id']!r} allows consents of at most {cap} days", field="duration_days")
     now = datetime.now(UTC)
     cid = uuid.uuid4().hex
     async with rt.db.unit_of_work() as s:
@@ -112,6 +131,8 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
                 id=cid, data_subject=body["data_subject"], holder_id=body["holder_id"], recipient_id=body["recipient_id"],
                 datasets=datasets, purpose=body["purpose"], one_off=bool(body.get("one_off", True)), frequency=frequency, status="requested",
                 status_reason=None, expires_at=now + timedelta(days=days), created_at=now, updated_at=now,
+                purpose_category=body.get("purpose_category") or "dpv:ServiceProvision", legal_basis=body.get("legal_basis") or "dpv:Consent",
+                data_from=data_from, data_to=data_to, supersedes=supersedes,
             )
         )
         out = _consent((await s.execute(select(models.consents).where(models.consents.c.id == cid))).one())
@@ -119,6 +140,37 @@ async def request_consent(rt: Runtime, *, body: dict[str, Any]) -> dict[str, Any
         await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.requested", "consent.events.requested", _event_data(out))
     rt.events_committed()
     return out
+
+
+def _date(value: Any) -> date | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+
+
+AMENDABLE = ("datasets", "purpose", "purpose_category", "duration_days", "one_off", "frequency", "data_from", "data_to")
+
+
+async def amend(rt: Runtime, *, consent_id: str, changes: dict[str, Any], actor: str | None = None) -> dict[str, Any]:
+    """Ask for an amended consent that replaces the authorised consent ``consent_id``: a new consent in
+    ``requested`` with ``supersedes`` set. When the person authorises it, the old one becomes
+    ``superseded`` (with ``superseded_by``) in the same transaction. 409 unless the old one is authorised;
+    403 if ``actor`` (a recipient) is not its recipient."""
+    old = await get_consent(rt, consent_id=consent_id)
+    if actor is not None and actor != old["recipient_id"]:
+        raise Forbidden(f"consent {consent_id} is not one of yours", reason="not_a_party")
+    if old["status"] != "authorised":
+        raise Conflict(f"consent {consent_id} is {old['status']}; only an authorised consent can be amended", current_status=old["status"])
+    body = {k: old[k] for k in ("data_subject", "holder_id", "recipient_id", "datasets", "purpose", "one_off", "frequency",
+                                "purpose_category", "legal_basis", "data_from", "data_to")}
+    body["duration_days"] = 90
+    body.update({k: v for k, v in changes.items() if k in AMENDABLE})
+    return await request_consent(rt, body=body, supersedes=consent_id)
 
 
 async def get_consent(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
@@ -129,20 +181,33 @@ async def get_consent(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
     return _consent(row)
 
 
-async def list_consents(rt: Runtime, *, data_subject: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    q = _select_consents().order_by(models.consents.c.created_at.desc()).limit(limit).offset(offset)
-    if data_subject:
-        q = q.where(models.consents.c.data_subject == data_subject)
+async def list_consents(rt: Runtime, *, data_subject: str | list[str] | None = None, party: str | None = None,
+                        status: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Consents, newest first; ``data_subject`` (one or several), ``party`` (holder or recipient id) and
+    ``status`` filter."""
+    t = models.consents
+    q = _select_consents().order_by(t.c.created_at.desc(), t.c.id).limit(limit).offset(offset)
+    if isinstance(data_subject, list):
+        q = q.where(t.c.data_subject.in_(data_subject))
+    elif data_subject:
+        q = q.where(t.c.data_subject == data_subject)
+    if party:
+        q = q.where((t.c.holder_id == party) | (t.c.recipient_id == party))
+    if status:
+        q = q.where(t.c.status == status)
     async with rt.db.sessions() as s:
         return [_consent(r) for r in (await s.execute(q)).all()]
 
 
 async def _transition(
     rt: Runtime, *, consent_id: str, target: str, reason: str | None, extra: Any = None, idempotent: bool = False,
-    by: str | None = None, transfer_id: str | None = None,
+    by: str | None = None, transfer_id: str | None = None, after: Any = None, expect: str | None = None,
 ) -> dict[str, Any]:
     """Move the consent to ``target`` and, in the same transaction, append the event to the consent log
-    (``by``/``transfer_id`` go into the entry) and to the outbox."""
+    (``by``/``transfer_id`` go into the entry) and to the outbox. ``extra(s)`` runs before the log append,
+    ``after(s, consent)`` after it (it sees the entry's ``log_index``). ``expect`` refuses (409) unless the
+    current status is that one. The holder's tokens of an ended consent move to ``token_revocations``,
+    to be revoked at the holder (RFC 7009) and deleted."""
     t = models.consents
     async with rt.db.unit_of_work() as s:
         row = (await s.execute(select(t).where(t.c.id == consent_id).with_for_update())).first()
@@ -150,41 +215,148 @@ async def _transition(
             raise NotFound(f"no consent {consent_id!r}")
         if idempotent and row.status == target:
             return _consent((await s.execute(_select_consents().where(t.c.id == consent_id))).one())
+        if expect is not None and row.status != expect:
+            raise Conflict(f"consent {consent_id} is {row.status}", current_status=row.status, requested_status=target)
         check_transition(row.status, target, consent_id=consent_id)
         now = datetime.now(UTC)
         await s.execute(t.update().where(t.c.id == consent_id).values(status=target, status_reason=reason, updated_at=now))
         if extra is not None:
             await extra(s)
-        if target in {"revoked", "expired", "rejected", "consumed"}:
-            await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
+        if target in ENDED:
+            await _queue_token_revocation(s, consent_id=consent_id, holder_id=row.holder_id, now=now)
         out = _consent((await s.execute(select(t).where(t.c.id == consent_id))).one())
         out["log_index"] = await log.append_consent_event(s, out, target, time=now, by=by, transfer_id=transfer_id)
-        await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out))
+        if after is not None:
+            await after(s, out)
+        await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out) | {"by": by})
     rt.events_committed()
     CONSENT_TRANSITIONS.add(1, {"status": target})
     return out
 
 
-async def authorise(rt: Runtime, *, consent_id: str, token: dict[str, Any]) -> dict[str, Any]:
-    """``requested -> authorised`` with the data holder's tokens, sealed at rest. 409 from any other state."""
+async def _queue_token_revocation(s: Any, *, consent_id: str, holder_id: str, now: datetime) -> None:
+    tok = (await s.execute(select(models.holder_tokens).where(models.holder_tokens.c.consent_id == consent_id))).first()
+    if tok is None:
+        return
+    await s.execute(models.token_revocations.insert().values(consent_id=consent_id, holder_id=holder_id, sealed=tok.sealed,
+                                                             attempts=0, next_attempt_at=now))
+    await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
+
+
+async def authorise(rt: Runtime, *, consent_id: str, token: dict[str, Any], holder_subject: str | None = None,
+                    receipt: Any = None) -> dict[str, Any]:
+    """``requested -> authorised`` with the data holder's tokens, sealed at rest (AES-GCM, never returned).
+
+    In the same transaction: the consent it amends (``supersedes``) becomes ``superseded``, and
+    ``receipt(s, consent)`` (if given) stores the signed consent receipt, which carries the log index.
+    409 from any other state than ``requested`` (a second Allow, a replayed callback)."""
     box = SecretBox(rt.settings.token_encryption_key)
     expires_at = datetime.now(UTC) + timedelta(seconds=int(token["expires_in"])) if token.get("expires_in") else None
+    stored = {k: token[k] for k in ("access_token", "token_type", "refresh_token", "expires_in", "scope") if token.get(k) is not None}
 
     async def store(s: Any) -> None:
         await s.execute(models.holder_tokens.delete().where(models.holder_tokens.c.consent_id == consent_id))
-        await s.execute(models.holder_tokens.insert().values(consent_id=consent_id, sealed=box.seal(token, aad=consent_id), expires_at=expires_at))
+        await s.execute(models.holder_tokens.insert().values(consent_id=consent_id, sealed=box.seal(stored, aad=consent_id), expires_at=expires_at))
+        if holder_subject is not None:
+            await s.execute(models.consents.update().where(models.consents.c.id == consent_id).values(holder_subject=holder_subject[:128]))
 
-    return await _transition(rt, consent_id=consent_id, target="authorised", reason=None, extra=store)
+    async def after(s: Any, consent: dict[str, Any]) -> None:
+        if consent.get("supersedes"):
+            await _supersede(rt, s, old_id=consent["supersedes"], new_id=consent["id"])
+        if receipt is not None:
+            await receipt(s, consent)
+
+    return await _transition(rt, consent_id=consent_id, target="authorised", reason=None, extra=store, after=after)
+
+
+async def _supersede(rt: Runtime, s: Any, *, old_id: str, new_id: str) -> None:
+    """``authorised -> superseded`` of ``old_id`` inside the caller's transaction (the amended consent's)."""
+    t = models.consents
+    row = (await s.execute(select(t).where(t.c.id == old_id).with_for_update())).first()
+    if row is None or row.status != "authorised":
+        return  # revoked or expired meanwhile: the amended consent stands on its own
+    now = datetime.now(UTC)
+    await s.execute(t.update().where(t.c.id == old_id).values(status="superseded", superseded_by=new_id,
+                                                                status_reason=f"replaced by consent {new_id}", updated_at=now))
+    await _queue_token_revocation(s, consent_id=old_id, holder_id=row.holder_id, now=now)
+    out = _consent((await s.execute(select(t).where(t.c.id == old_id))).one())
+    out["log_index"] = await log.append_consent_event(s, out, "superseded", time=now)
+    await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.superseded", "consent.events.superseded", _event_data(out))
+    CONSENT_TRANSITIONS.add(1, {"status": "superseded"})
 
 
 async def reject(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
     return await _transition(rt, consent_id=consent_id, target="rejected", reason="rejected by the data subject")
 
 
-async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None) -> dict[str, Any]:
-    """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged)."""
+async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+    """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged, with no new
+    event: two revocations that cross end in one). ``by`` is data_subject, holder or recipient; ``actor``
+    the participant id of a holder or recipient caller, who may act only on consents it takes part in
+    (403 ``not_a_party`` otherwise, nothing changed). 404 unknown, 409 from another state."""
+    if by in ("holder", "recipient") and actor is not None:
+        c = await get_consent(rt, consent_id=consent_id)
+        if c[f"{by}_id"] != actor:
+            raise Forbidden(f"consent {consent_id} is not one of yours", reason="not_a_party")
     return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}",
                              idempotent=True, by=by)
+
+
+async def expire_due(rt: Runtime, *, now: datetime | None = None) -> dict[str, int]:
+    """The scheduled sweep: ``authorised`` consents past ``expires_at`` become ``expired``; ``requested``
+    consents older than ``consent_request_ttl_s`` expire as abandoned, with the step where the person
+    stopped in the reason (``abandoned at screen`` ...). Safe to run on several replicas at once (each
+    transition locks its row; a lost race is skipped). Returns counts by kind."""
+    now = now or datetime.now(UTC)
+    t = models.consents
+    ttl = timedelta(seconds=rt.settings.consent_request_ttl_s)
+    async with rt.db.sessions() as s:
+        due = (await s.execute(select(t.c.id).where(t.c.status == "authorised").where(t.c.expires_at <= now).limit(500))).scalars().all()
+        stale = (await s.execute(select(t.c.id, t.c.flow_step).where(t.c.status == "requested")
+                                 .where(t.c.created_at <= now - ttl).limit(500))).all()
+    counts = {"expired": 0, "abandoned": 0}
+    for cid in due:
+        try:
+            await _transition(rt, consent_id=cid, target="expired", reason="expired", by="broker", expect="authorised")
+            counts["expired"] += 1
+        except (Conflict, NotFound):
+            pass
+    for row in stale:
+        step = row.flow_step or "not_opened"
+        try:
+            await _transition(rt, consent_id=row.id, target="expired", reason=f"abandoned at {step}", by="broker", expect="requested")
+            counts["abandoned"] += 1
+            CONSENT_REQUESTS_ABANDONED.add(1, {"step": step})
+        except (Conflict, NotFound):
+            pass
+    return counts
+
+
+async def set_flow_step(rt: Runtime, *, consent_id: str, step: str) -> None:
+    """Remember how far the person went with a requested consent (for the abandoned-request counts)."""
+    t = models.consents
+    async with rt.db.unit_of_work() as s:
+        await s.execute(t.update().where(t.c.id == consent_id).where(t.c.status == "requested").values(flow_step=step))
+
+
+async def record_holder_check(rt: Runtime, *, consent_id: str, result: str) -> None:
+    t = models.consents
+    async with rt.db.unit_of_work() as s:
+        await s.execute(t.update().where(t.c.id == consent_id).values(holder_check=result, holder_checked_at=datetime.now(UTC)))
+
+
+async def confirm_with_holder(rt: Runtime, *, consent_id: str) -> str:
+    """The cheap check after authorisation: does the holder still see the consent (``GET <export>/grant``
+    with its token)? Stores and returns ``confirmed``, ``holder_lost_consent`` or ``unreachable``;
+    a consent that is not authorised answers 409."""
+    from . import holder_oauth
+
+    row, tok = await _token_row(rt, consent_id)
+    token = SecretBox(rt.settings.token_encryption_key).open(tok.sealed, aad=consent_id)
+    holder = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": row.holder_id})
+    result = await holder_oauth.check_grant(holder, access_token=token["access_token"])
+    await record_holder_check(rt, consent_id=consent_id, result=result)
+    return result
 
 
 async def end_consents_of_participant(rt: Runtime, *, participant_id: str, reason: str) -> int:
@@ -283,23 +455,10 @@ async def holder_token(rt: Runtime, *, consent_id: str, refresh: bool = False, r
             return _answer(token, tok)  # somebody refreshed it meanwhile
         if not token.get("refresh_token"):
             raise Forbidden("the holder token expired and there is no refresh token", reason="refresh_refused")
+        from . import holder_oauth
+
         holder = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": row.holder_id})
-        if not holder.get("oauth_token_url"):
-            raise Forbidden(f"holder {row.holder_id} has no token endpoint in the registry", reason="refresh_refused")
-        try:
-            async with httpx.AsyncClient(timeout=15) as client:
-                resp = await client.post(holder["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"holder token endpoint unreachable: {type(exc).__name__}") from None
-        if resp.status_code >= 500:
-            raise Unavailable(f"holder token endpoint answered {resp.status_code}")
-        try:
-            new = resp.json()
-        except ValueError:
-            new = {}
-        if resp.status_code != 200 or not isinstance(new, dict) or not new.get("access_token"):
-            error = new.get("error") if isinstance(new, dict) else None
-            raise Forbidden(f"the holder refused to refresh the token ({resp.status_code} {error or ''})".strip(), reason="refresh_refused")
+        new = await holder_oauth.refresh(rt.settings, holder, refresh_token=token["refresh_token"])
         merged = {"access_token": new["access_token"], "token_type": new.get("token_type", "Bearer"),
                   "refresh_token": new.get("refresh_token") or token["refresh_token"], "expires_in": new.get("expires_in")}
         expires_at = datetime.now(UTC) + timedelta(seconds=int(new["expires_in"])) if new.get("expires_in") else None
@@ -325,3 +484,128 @@ async def erase_subject_secret(rt: Runtime, *, data_subject: str) -> None:
     (never logged, or already erased)."""
     if not await log.erase_subject_secret(rt.db, data_subject):
         raise NotFound(f"no pseudonym secret for data subject {data_subject!r}")
+
+
+# ---- token revocation at the holder (RFC 7009), receipts, what the dashboard shows --------------------
+
+async def queue_token_revocation(rt: Runtime, *, consent_id: str, holder_id: str, token: dict[str, Any]) -> None:
+    """Queue tokens the broker will not keep (a replayed Allow, a dashboard sign-in) for revocation at the holder."""
+    box = SecretBox(rt.settings.token_encryption_key)
+    async with rt.db.unit_of_work() as s:
+        await s.execute(models.token_revocations.insert().values(
+            consent_id=consent_id, holder_id=holder_id, attempts=0, next_attempt_at=datetime.now(UTC),
+            sealed=box.seal({k: token.get(k) for k in ("access_token", "refresh_token")}, aad=consent_id)))
+
+
+async def revoke_tokens_due(rt: Runtime, *, limit: int = 50) -> int:
+    """Revoke at the holder the queued tokens of ended consents (RFC 7009), then delete them. A holder that
+    cannot be reached is retried with exponential backoff (at most an hour apart; given up after 20 tries,
+    the tokens being deleted then: they also expire on their own). Returns how many were done."""
+    from . import holder_oauth
+
+    box = SecretBox(rt.settings.token_encryption_key)
+    t = models.token_revocations
+    now = datetime.now(UTC)
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(select(t).where(t.c.next_attempt_at <= now).order_by(t.c.id).limit(limit))).all()
+    done = 0
+    holders: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        try:
+            if row.holder_id not in holders:
+                holders[row.holder_id] = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": row.holder_id})
+            await holder_oauth.revoke(rt.settings, holders[row.holder_id], token=box.open(row.sealed, aad=row.consent_id))
+        except (Unavailable, NotFound) as exc:
+            if row.attempts + 1 < 20 and not isinstance(exc, NotFound):
+                delay = min(3600.0, 2.0 ** row.attempts)
+                async with rt.db.unit_of_work() as s:
+                    await s.execute(t.update().where(t.c.id == row.id).values(
+                        attempts=row.attempts + 1, next_attempt_at=now + timedelta(seconds=delay), last_error=str(exc)[:500]))
+                continue
+        async with rt.db.unit_of_work() as s:
+            await s.execute(t.delete().where(t.c.id == row.id))
+        done += 1
+    return done
+
+
+async def receipt_writer(rt: Runtime, consent: dict[str, Any]) -> Any:
+    """A hook for :func:`authorise`: signs the consent's Kantara receipt (it carries the log index of the
+    ``authorised`` entry) and stores it in the same transaction. Participants are read from the registry
+    beforehand, outside the transaction."""
+    from . import receipts
+
+    holder = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": consent["holder_id"]})
+    recipient = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": consent["recipient_id"]})
+    signer = receipts.signer_from_settings(rt.settings)
+
+    async def write(s: Any, authorised: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        payload = receipts.kantara_receipt(authorised | {"consented_at": now.isoformat()}, holder=holder, recipient=recipient,
+                                           broker=broker_identity(rt), issued_at=now, signer=signer, consented_at=now)
+        jws = receipts.sign_receipt(payload, signer)
+        await s.execute(models.receipts.insert().values(consent_id=authorised["id"], log_index=authorised["log_index"], jws=jws, created_at=now))
+
+    return write
+
+
+def broker_identity(rt: Runtime) -> dict[str, Any]:
+    """The broker as it names itself in receipts."""
+    base = (rt.settings.public_url or "http://127.0.0.1").rstrip("/")
+    return {"name": "Portability broker", "issuer": base, "policy_url": f"{base}/me", "manage_url": f"{base}/me"}
+
+
+async def get_receipt(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
+    """The consent's signed receipt ``{consent_id, log_index, jws, payload}``; 404 if it has none (never authorised)."""
+    import base64
+    import json as _json
+
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.receipts).where(models.receipts.c.consent_id == consent_id))).first()
+    if row is None:
+        raise NotFound(f"consent {consent_id!r} has no receipt")
+    part = row.jws.split(".")[1]
+    payload = _json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return {"consent_id": consent_id, "log_index": row.log_index, "jws": row.jws, "payload": payload}
+
+
+async def consents_with_receipt(rt: Runtime, *, consent_ids: list[str]) -> set[str]:
+    if not consent_ids:
+        return set()
+    async with rt.db.sessions() as s:
+        return set((await s.execute(select(models.receipts.c.consent_id).where(models.receipts.c.consent_id.in_(consent_ids)))).scalars())
+
+
+async def transfers_by_consent(rt: Runtime, *, consent_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The transfers that ended under each consent, from the consent log's ``transfer_*`` entries:
+    ``{consent id: [{transfer_id, dataset, records, status, time}]}``, newest first."""
+    import json as _json
+
+    if not consent_ids:
+        return {}
+    t = models.log_entries
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with rt.db.sessions() as s:
+        rows = (await s.execute(select(t.c.consent_id, t.c.entry).where(t.c.consent_id.in_(consent_ids))
+                                .where(t.c.event.like("transfer\\_%", escape="\\")).order_by(t.c["index"].desc()).limit(5000))).all()
+    for row in rows:
+        try:
+            e = _json.loads(row.entry)
+        except ValueError:
+            continue
+        out.setdefault(row.consent_id, []).append({"transfer_id": e.get("transfer_id"), "dataset": e.get("dataset"),
+                                                   "records": e.get("records"), "status": e.get("status"), "time": e.get("time")})
+    return out
+
+
+async def known_holders(rt: Runtime) -> list[str]:
+    """Holders that consents name (the dashboard's sign-in choices)."""
+    async with rt.db.sessions() as s:
+        return sorted((await s.execute(select(models.consents.c.holder_id).distinct())).scalars())
+
+
+async def data_subjects_of_holder_subject(rt: Runtime, *, holder_id: str, holder_subject: str) -> list[str]:
+    """The data subjects whose consents the holder's customer ``holder_subject`` authorised."""
+    t = models.consents
+    async with rt.db.sessions() as s:
+        return sorted((await s.execute(select(t.c.data_subject).distinct().where(t.c.holder_id == holder_id)
+                                       .where(t.c.holder_subject == holder_subject))).scalars())

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 
+from shared.auth import ADMIN, requires
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
 from shared.settings import Settings
 
-from . import handlers, models, service
+from . import handlers, models, oauth, service
 from .schemas import DatasetList, DatasetType, Participant, ParticipantCreate, ParticipantIn, ParticipantList, StatusChange
 
 router = APIRouter(responses=PROBLEM_RESPONSES)
+ADMIN_ONLY = [Depends(requires(ADMIN))]  # registry changes: the broker's operators (scope "admin")
 
 
 def _rt(request: Request) -> Runtime:
@@ -35,14 +37,14 @@ def _cacheable(request: Request, body: Any, model: Any) -> Response:
     return Response(payload, media_type="application/json", headers=headers)
 
 
-@router.post("/participants", status_code=201, response_model=Participant, tags=["participants"])
+@router.post("/participants", status_code=201, response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
 async def create_participant(body: ParticipantCreate, request: Request) -> Any:
     """Register a data holder and/or data recipient. 409 if the id is taken."""
     out, _ = await service.register_participant(_rt(request), body=body.model_dump())
     return out
 
 
-@router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"])
+@router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
 async def put_participant(body: ParticipantIn, request: Request, response: Response,
                           participant_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")) -> Any:
     """Create or replace the participant ``participant_id`` (its status is kept)."""
@@ -62,14 +64,14 @@ async def get_participant(participant_id: str, request: Request) -> Any:
     return _cacheable(request, await service.get_participant(_rt(request), participant_id=participant_id), Participant)
 
 
-@router.get("/changes", tags=["admin"])
+@router.get("/changes", tags=["admin"], dependencies=ADMIN_ONLY)
 async def list_changes(request: Request, target: str | None = Query(None, max_length=200), limit: int = Query(100, ge=1, le=500),
                        offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
     """Every change to the registry, newest first, with who made it and when."""
     return {"changes": await service.list_changes(_rt(request), target=target, limit=limit, offset=offset)}
 
 
-@router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"])
+@router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
 async def change_status(participant_id: str, body: StatusChange, request: Request) -> Any:
     """Set a participant active, suspended or revoked, with a reason."""
     return await service.set_status(_rt(request), participant_id=participant_id, status=body.status, reason=body.reason)
@@ -86,7 +88,7 @@ async def get_dataset(dataset_id: str, request: Request) -> Any:
     return _cacheable(request, await service.get_dataset(_rt(request), dataset_id=dataset_id), DatasetType)
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])
+@router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"], dependencies=ADMIN_ONLY)
 async def create_dataset(body: DatasetType, request: Request) -> Any:
     """Add a dataset type with its record JSON Schema."""
     return await service.register_dataset(_rt(request), body=body.model_dump(by_alias=True))
@@ -95,10 +97,14 @@ async def create_dataset(body: DatasetType, request: Request) -> Any:
 async def _on_start(rt: Runtime) -> None:
     await service.seed_catalogue(rt)
     await handlers.register(rt)
+    await oauth.register_handlers(rt)  # registry.oauth.jwks
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime("registry", models.metadata, models.outbox, settings)
     app = build_app(rt, title="Portability broker: registry", description="Participants and the dataset catalogue.", on_start=_on_start)
+    app.state.token_verifier = oauth.authority_for(rt).token_verifier()  # its own keys, no NATS round trip
+    app.state.token_verifier_local = True
     app.include_router(router)
+    app.include_router(oauth.router)  # the OAuth 2.0 authorization server: /oauth/*, /.well-known/oauth-authorization-server
     return app

@@ -18,6 +18,7 @@ participants = Table(
     Column("status_reason", String(500), nullable=True),
     Column("export_base_url", String(500), nullable=True),
     Column("import_base_url", String(500), nullable=True),
+    Column("import_protocol", String(16), nullable=True),  # broker (when null), solid, cozy: docs/personal-clouds.md
     Column("oauth_token_url", String(500), nullable=True),
     Column("limits", JSON, nullable=True),
     Column("legal_entity", JSON, nullable=True),
@@ -56,6 +57,27 @@ changes = Table(
     Column("action", String(64), nullable=False),
     Column("target", String(200), nullable=False, index=True),
     Column("details", JSON, nullable=False),
+)
+
+# OAuth 2.0 authorization server (oauth.py): client assertion ids already used (RFC 7523 section 3, item 7),
+# kept until the assertion expires, so that an assertion is accepted once
+oauth_used_jti = Table(
+    "oauth_used_jti",
+    metadata,
+    Column("client_id", String(200), primary_key=True),
+    Column("jti", String(200), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# access tokens revoked (RFC 7009) before their expiry, kept until then
+oauth_revoked_tokens = Table(
+    "oauth_revoked_tokens",
+    metadata,
+    Column("jti", String(200), primary_key=True),
+    Column("client_id", String(200), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_by", String(200), nullable=False),
 )
 
 outbox = outbox_table(metadata)

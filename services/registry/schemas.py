@@ -18,6 +18,8 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     max_concurrent_transfers: int | None = Field(default=None, ge=1, le=10_000)
     requests_per_second: float | int | None = Field(default=None, gt=0, le=100_000)
+    max_consent_days: int | None = Field(default=None, ge=1, le=1095,
+                                         description="longest consent this holder allows (default: the broker's, one year)")
 
 
 class LegalEntity(BaseModel):
@@ -57,6 +59,10 @@ class ParticipantIn(BaseModel):
     allow_private_network: bool = Field(default=False, description="allow endpoints on loopback or private addresses")
     export_base_url: str | None = Field(default=None, max_length=500)
     import_base_url: str | None = Field(default=None, max_length=500)
+    import_protocol: Literal["broker", "solid", "cozy"] = Field(
+        default="broker", description="how the broker delivers to this recipient (docs/personal-clouds.md): 'broker', the recipient "
+        "import contract at import_base_url; 'solid', a Solid pod, import_base_url the container written under; 'cozy', "
+        "a Cozy cloud's data API, import_base_url the Cozy's URL. Secrets come from the broker's RECIPIENT_CREDENTIALS")
     oauth_token_url: str | None = Field(default=None, max_length=500, description="a holder's OAuth 2.0 token endpoint (refresh of tokens)")
     limits: Limits | None = None
     datasets_offered: list[str] = Field(default_factory=list, max_length=100)

@@ -21,7 +21,7 @@ from shared.runtime import Runtime
 from . import models
 
 
-PROFILE_FIELDS = ("name", "roles", "export_base_url", "import_base_url", "oauth_token_url", "limits", "legal_entity",
+PROFILE_FIELDS = ("name", "roles", "export_base_url", "import_base_url", "import_protocol", "oauth_token_url", "limits", "legal_entity",
                   "brands", "contacts", "notification_url", "authorization_server_metadata_url", "jwks_uri", "jwks",
                   "allow_private_network")
 URL_FIELDS = ("export_base_url", "import_base_url", "oauth_token_url", "notification_url", "authorization_server_metadata_url", "jwks_uri")
@@ -46,6 +46,7 @@ def _participant(row: Any) -> dict[str, Any]:
         "status_reason": row.status_reason,
         "export_base_url": row.export_base_url,
         "import_base_url": row.import_base_url,
+        "import_protocol": row.import_protocol or "broker",
         "oauth_token_url": row.oauth_token_url,
         "limits": dict(row.limits) if row.limits else None,
         "datasets_offered": list(row.datasets_offered),

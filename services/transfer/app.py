@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
 from opentelemetry.metrics import Observation
 
 from shared import subjects, telemetry
+from shared.auth import ADMIN, HOLDER, RECIPIENT, Caller, own_party, requires
 from shared.consumer import PullConsumer
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
@@ -21,6 +22,7 @@ from .schedule import Scheduler, consent_events_consumer
 from .worker import make_consumers
 
 router = APIRouter(prefix="/transfers", tags=["transfers"], responses=PROBLEM_RESPONSES)
+PARTY = requires(HOLDER, RECIPIENT, ADMIN)  # then: a party to the consent or transfer, or an admin
 
 
 def _rt(request: Request) -> Runtime:
@@ -28,26 +30,29 @@ def _rt(request: Request) -> Runtime:
 
 
 @router.post("", status_code=202, response_model=Transfer, responses={403: PROBLEM_RESPONSES[400]})
-async def start_transfer(body: TransferRequest, request: Request) -> Any:
-    """Queue a transfer. 403 problem (``reason: consent_invalid``) without a valid authorised consent."""
-    return await service.start_transfer(_rt(request), consent_id=body.consent_id, dataset=body.dataset)
+async def start_transfer(body: TransferRequest, request: Request, caller: Caller = Depends(PARTY)) -> Any:
+    """Queue a transfer. 403 problem (``reason: consent_invalid``) without a valid authorised consent,
+    (``reason: not_a_party``) under someone else's consent."""
+    return await service.start_transfer(_rt(request), consent_id=body.consent_id, dataset=body.dataset, caller=caller)
 
 
 @router.get("", response_model=TransferList)
 async def list_transfers(request: Request, consent_id: str | None = Query(None, max_length=64),
-                         limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> Any:
-    return {"transfers": await service.list_transfers(_rt(request), consent_id=consent_id, limit=limit, offset=offset)}
+                         limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000), caller: Caller = Depends(PARTY)) -> Any:
+    """The caller's transfers (as holder or recipient; an admin sees all), newest first."""
+    return {"transfers": await service.list_transfers(_rt(request), consent_id=consent_id, party=own_party(caller), limit=limit, offset=offset)}
 
 
 @router.get("/{transfer_id}", response_model=Transfer)
-async def get_transfer(transfer_id: str, request: Request) -> Any:
-    return await service.get_transfer(_rt(request), transfer_id=transfer_id)
+async def get_transfer(transfer_id: str, request: Request, caller: Caller = Depends(PARTY)) -> Any:
+    """One transfer of the caller's (403 ``not_a_party`` otherwise)."""
+    return await service.get_transfer(_rt(request), transfer_id=transfer_id, caller=caller)
 
 
 @router.post("/{transfer_id}/resume", status_code=202, response_model=Transfer, responses={403: PROBLEM_RESPONSES[400]})
-async def resume_transfer(transfer_id: str, request: Request) -> Any:
+async def resume_transfer(transfer_id: str, request: Request, caller: Caller = Depends(PARTY)) -> Any:
     """Resume a transfer that failed for a passing reason (destination full, retries exhausted); 409 otherwise."""
-    return await service.resume_transfer(_rt(request), transfer_id=transfer_id)
+    return await service.resume_transfer(_rt(request), transfer_id=transfer_id, caller=caller)
 
 
 class QueueLag:

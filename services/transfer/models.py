@@ -14,6 +14,9 @@ transfers = Table(
     Column("id", String(64), primary_key=True),
     Column("consent_id", String(64), nullable=False, index=True),
     Column("dataset", String(128), nullable=False),
+    # the dataset type the recipient receives: ``dataset`` itself, or the target of the catalogue converter applied
+    # (shared/catalogue/converters.py); fixed when the transfer starts, so that a resumed one converts alike
+    Column("delivered_dataset", String(128), nullable=True),
     Column("holder_id", String(64), nullable=False),
     Column("recipient_id", String(64), nullable=False),
     Column("status", String(16), nullable=False, index=True),

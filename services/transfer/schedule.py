@@ -2,7 +2,7 @@
 
 The transfer service learns of recurring consents from ``consent.events`` (durable consumer
 ``transfer-consent-events``): an ``authorised`` consent with a ``frequency`` gets one schedule
-per dataset, due at once; ``revoked``, ``expired``, ``rejected`` or ``consumed`` ends them.
+per dataset, due at once; ``revoked``, ``expired``, ``rejected``, ``consumed`` or ``superseded`` ends them.
 Every second the scheduler starts the transfers that are due; an occurrence is skipped while
 the previous transfer of its schedule still runs. Each starts from the
 ``resume_cursor`` the holder gave at the end of the previous completed transfer, so it fetches

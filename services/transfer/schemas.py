@@ -22,6 +22,7 @@ class Transfer(BaseModel):
     ``holder_error`` / ``recipient_error`` (a participant answered with an unexpected error),
     ``destination_full`` (413 or 507 from the recipient; ``error.delivered_records`` arrived),
     ``manifest_mismatch`` (the recipient's records differ from what was sent),
+    ``conversion_failed`` (a catalogue converter refused a record, ``error.position``; docs/personal-clouds.md),
     ``retries_exhausted`` (transient failures outlived every retry and redelivery);
     ``partial`` transfers (``records_refused``): the recipient refused some records, listed in
     ``error.refused`` (position in the holder's order, batch, reason); the others arrived.
@@ -44,6 +45,8 @@ class Transfer(BaseModel):
     attempts: int
     schedule_id: str | None = Field(default=None, description="the schedule of a recurring consent that started it")
     incremental: bool = Field(default=False, description="it fetched only what is new since the previous transfer")
+    delivered_dataset: str | None = Field(default=None, description="the dataset type the recipient received, when a catalogue "
+                                          "converter turned the holder's type into one the recipient accepts")
     worker: str | None = Field(default=None, description="the worker running it last: host:pid:n")
     total: int | None = Field(default=None, description="records the holder says it has, when it says")
     rate_records_per_s: float | None = None

@@ -46,13 +46,16 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from shared import envelope, subjects, telemetry
 from shared.canonical import RecordDigest
+from shared.catalogue import converters
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
 from shared.recordcheck import checker_for
 from shared.runtime import Runtime
 
-from . import models
+from . import adapters, models
+from .errors import Transient, TransferEnded
+from .errors import problem_title as _problem_of
 from .limits import HolderLimits, NoSlot
 from .service import TERMINAL, as_dict, event_data
 
@@ -65,22 +68,6 @@ TRANSFERS_ENDED = _meter.create_counter("transfers_ended", description="transfer
 RECORDS_MOVED = _meter.create_counter("transfer_records_moved", description="records delivered to recipients")
 BYTES_MOVED = _meter.create_counter("transfer_bytes_moved", unit="By", description="bytes of canonical records delivered")
 MAX_EMPTY_PAGES = 100
-
-
-class TransferEnded(Exception):
-    """The transfer reached an end other than completion: ``status``, ``reason`` and ``error``."""
-
-    def __init__(self, status: str, reason: str, error: dict[str, Any]) -> None:
-        super().__init__(f"{status}: {reason}")
-        self.status, self.reason, self.error = status, reason, error
-
-
-class Transient(Exception):
-    """A participant answered 5xx/429 or could not be reached; ``retry_after`` in seconds if it said."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def retry_after_seconds(value: str | None, *, cap: float = 60.0) -> float | None:
@@ -170,34 +157,7 @@ async def make_consumers(rt: Runtime, count: int) -> list[PullConsumer]:
 
 
 MAX_REFUSED_LISTED = 1000
-
-
-def _refused_indexes(resp: httpx.Response, size: int) -> dict[int, str]:
-    """``{index: reason}`` of the records of a batch that the recipient refused (its ack's ``refused``
-    list, recipient import contract). Reasons are cut to 200 characters; malformed items are ignored."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return {}
-    out: dict[int, str] = {}
-    items = body.get("refused") if isinstance(body, dict) else None
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < size:
-            out[item["index"]] = str(item.get("reason", ""))[:200]
-    return out
-
-
-def _problem_of(resp: httpx.Response) -> str:
-    """The title of a participant's problem-details answer, never its body: an error body may
-    echo personal data, which the broker must not keep (it goes into ``transfer.error``)."""
-    if resp.headers.get("content-type", "").startswith("application/problem+json"):
-        try:
-            body = resp.json()
-            if isinstance(body, dict) and isinstance(body.get("title"), str):
-                return body["title"][:120]
-        except ValueError:
-            pass
-    return resp.reason_phrase or "error"
+MAX_NOTES_LISTED = 20
 
 
 class TransferWorker:
@@ -371,6 +331,41 @@ class TransferWorker:
 
     # ---- the transfer ------------------------------------------------------------------
 
+    async def _delivery_plan(self, row: Any, recipient: dict[str, Any], corr: str) -> tuple[str, converters.Converter | None, Any]:
+        """What the recipient receives: (dataset type, converter or None, checker of the converted records or None).
+
+        The holder's type as it is when the recipient accepts it; else the catalogue's converter to the
+        first type the recipient accepts that has one (:func:`shared.catalogue.converters.find`); else
+        (no converter) the holder's type, as before converters existed. A transfer that already
+        delivered batches keeps the type it started with (``delivered_dataset``), whatever the
+        recipient's registration says since."""
+        target = row.delivered_dataset if row.batches > 0 and row.delivered_dataset else None
+        if target is None:
+            accepted = list(recipient.get("datasets_accepted") or [])
+            found = None if row.dataset in accepted else converters.find(row.dataset, accepted)
+            target = found.target if found is not None else row.dataset
+        if target == row.dataset:
+            return target, None, None
+        converter = converters.CONVERTERS.get((row.dataset, target))
+        if converter is None:
+            raise TransferEnded("failed", "conversion_failed", {"message": f"no converter from {row.dataset} to {target} any more"})
+        schema = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": target}, correlation_id=corr)
+        return target, converter, checker_for(schema["schema"])
+
+    @staticmethod
+    def _convert(stream: converters.Stream | None, records: list[Any], *, finish: bool = False) -> list[Any]:
+        """The records the recipient receives for ``records`` (the page's source records): converted when
+        ``stream`` is set (``finish``: what only the whole series gives, e.g. month sums)."""
+        if stream is None:
+            return records
+        try:
+            return list(stream.finish()) if finish else list(stream.feed(records))
+        except converters.ConversionError as exc:
+            # the message names the record's position and the rule; values of the record are not echoed
+            raise TransferEnded("failed", "conversion_failed", {
+                "message": f"the {stream.converter.source} -> {stream.converter.target} converter refused it: {str(exc)[:300]}",
+                "position": exc.position}) from None
+
     async def _run(self, row: Any, env: dict[str, Any], delivery: Delivery) -> None:
         corr = env["correlation_id"]
         tid = row.id
@@ -381,39 +376,82 @@ class TransferWorker:
         self._holder = holder
         dataset = await self.bus.request(subjects.REGISTRY_DATASET_GET, {"dataset_id": row.dataset}, correlation_id=corr)
         checker = checker_for(dataset["schema"])  # refers only inside itself, never fetches a URL
+        target, converter, target_checker = await self._delivery_plan(row, recipient, corr)
         self._access_token = await self._token(row, corr)
 
         s = self.rt.settings
         export = holder["export_base_url"].rstrip("/")
-        imp = recipient["import_base_url"].rstrip("/")
-        recipient_headers = {"Authorization": f"Bearer {s.broker_recipient_token}", "X-Correlation-Id": corr}
         digest = RecordDigest()  # of the records the recipient accepted, in order
-        served = 0  # records read from the holder (accepted + refused): positions count in these
+        served = 0  # records read from the holder: schema positions count in these
+        offered = 0  # records offered to the recipient (converted, when converting): refusal positions count in these
         refused: list[dict[str, Any]] = []  # records the recipient refused: position, batch, reason
+        stream = converter.stream() if converter is not None else None
         async with httpx.AsyncClient(timeout=s.transfer_http_timeout_s) as client:
+            async def send(method: str, url: str, **kwargs: Any) -> httpx.Response:
+                return await self._call(client, method, url, **kwargs)
+
+            adapter = adapters.for_recipient(recipient, send=send, credentials=s.recipient_credentials, broker_token=s.broker_recipient_token,
+                                             correlation_id=corr)
             batch, cursor = 0, row.start_cursor
             self._resume_cursor = None
             resuming = row.batches > 0 and row.cursor is not None
-            await self._start(tid, attempt=delivery.number, resume=resuming)
+            await self._start(tid, attempt=delivery.number, resume=resuming, delivered_dataset=target)
             if resuming:
-                # recompute the digest of what was delivered, reading (not pushing) those pages again
+                # recompute the digest (and the converter's state) of what was delivered, reading (not pushing) those pages again
                 refused = list(row.refused or [])
                 skip = {r["position"] for r in refused}
                 for _ in range(row.batches):
                     await delivery.heartbeat()
                     records, cursor, _total = await self._page(client, row, export, cursor, corr)
-                    digest.update(r for i, r in enumerate(records) if served + i not in skip)
+                    out = self._convert(stream, records)
+                    kept = [r for i, r in enumerate(out) if offered + i not in skip]
+                    digest.update(kept)
                     served += len(records)
+                    offered += len(out)
                     batch += 1
+                    adapter.skip_batch(tid, batch, target, kept)
                 if digest.count != row.records or (cursor or END) != row.cursor:
                     log.warning("transfer %s: holder pages changed since the crash; starting again", tid)
-                    digest, batch, cursor, served, refused = RecordDigest(), 0, row.start_cursor, 0, []
+                    digest, batch, cursor, served, offered, refused = RecordDigest(), 0, row.start_cursor, 0, 0, []
+                    stream = converter.stream() if converter is not None else None
+                    adapter = adapters.for_recipient(recipient, send=send, credentials=s.recipient_credentials,
+                                                     broker_token=s.broker_recipient_token, correlation_id=corr)
                 else:
                     log.info("transfer %s resumes after batch %d (%d records)", tid, batch, digest.count)
             done = resuming and batch > 0 and row.cursor == END
             started = time.monotonic()
             sent_at_start = digest.count
             empty_pages = 0
+
+            async def deliver(records: list[Any], *, commit: bool, next_cursor: str | None = None, total: int | None = None) -> None:
+                """Push one batch (possibly empty after conversion: then nothing is sent), count it, and with ``commit``
+                commit the cursor after it."""
+                nonlocal batch, offered, refused
+                batch += 1
+                await delivery.heartbeat()
+                refused_here: dict[int, str] = {}
+                if records:
+                    with telemetry.tracer().start_as_current_span("recipient batch", attributes={"transfer.id": tid, "transfer.batch": batch}):
+                        try:
+                            refused_here = (await adapter.put_batch(tid, batch, target, records)).refused
+                        except TransferEnded as end:
+                            if end.reason == "destination_full":
+                                end.error.update(batch=batch, delivered_records=digest.count)
+                            raise
+                refused += [{"position": offered + i, "batch": batch, "index": i, "reason": why} for i, why in refused_here.items()]
+                before_bytes = digest.bytes
+                digest.update(r for i, r in enumerate(records) if i not in refused_here)
+                offered += len(records)
+                RECORDS_MOVED.add(len(records) - len(refused_here), {"dataset": target})
+                BYTES_MOVED.add(digest.bytes - before_bytes, {"dataset": target})
+                if not commit:
+                    return
+                elapsed = max(time.monotonic() - started, 1e-6)
+                rate = (digest.count - sent_at_start) / elapsed
+                eta = (total - served) / rate if total and rate > 0 and total >= served else None
+                await self._progress(tid, cursor=next_cursor if next_cursor else END, batches=batch, records=digest.count,
+                                     nbytes=digest.bytes, rate=rate, eta_s=eta, total=total, refused=refused)
+
             while not done:
                 await delivery.heartbeat()
                 records, next_cursor, total = await self._page(client, row, export, cursor, corr)
@@ -426,55 +464,65 @@ class TransferWorker:
                         "message": f"record {served + bad.index} breaks the {row.dataset} schema: {bad.message}",
                         "position": served + bad.index, "schema_error": bad.message, "path": bad.path,
                     })
+                out = self._convert(stream, records)
+                self._check_converted(target_checker, target, out, offered)
+                served += len(records)
                 if records:
-                    batch += 1
-                    await delivery.heartbeat()
-                    with telemetry.tracer().start_as_current_span("recipient batch", attributes={"transfer.id": tid, "transfer.batch": batch}):
-                        put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/batches/{batch}",
-                                               json={"dataset": row.dataset, "records": records},
-                                               headers={**recipient_headers, "Idempotency-Key": f"{tid}:{batch}"})
-                    if put.status_code in (413, 507):
-                        raise TransferEnded("failed", "destination_full", {
-                            "message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch,
-                            "delivered_records": digest.count})
-                    if put.status_code not in (200, 201):
-                        raise TransferEnded("failed", "recipient_error", {"message": f"recipient answered {put.status_code}: {_problem_of(put)}", "batch": batch})
-                    refused_here = _refused_indexes(put, len(records))
-                    refused += [{"position": served + i, "batch": batch, "index": i, "reason": why} for i, why in refused_here.items()]
-                    before_bytes = digest.bytes
-                    digest.update(r for i, r in enumerate(records) if i not in refused_here)
-                    served += len(records)
-                    RECORDS_MOVED.add(len(records) - len(refused_here), {"dataset": row.dataset})
-                    BYTES_MOVED.add(digest.bytes - before_bytes, {"dataset": row.dataset})
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    rate = (digest.count - sent_at_start) / elapsed
-                    eta = (total - served) / rate if total and rate > 0 and total >= served else None
-                    await self._progress(tid, cursor=next_cursor if next_cursor else END, batches=batch, records=digest.count,
-                                         nbytes=digest.bytes, rate=rate, eta_s=eta, total=total, refused=refused)
+                    await deliver(out, commit=True, next_cursor=next_cursor, total=total)
                 done = next_cursor is None
                 cursor = next_cursor
                 if delivery.stopping and not done:
                     log.info("transfer %s released after batch %d: worker stopping", tid, batch)
                     raise Release()
-            manifest = {"dataset": row.dataset, "records": digest.count, "sha256": digest.hexdigest(), "batches": batch}
+            if stream is not None:
+                # what only the whole series gives (month and year sums): batches after the last page, never committed,
+                # so that a resumed transfer computes and sends them again (same records, same idempotency keys)
+                tail = self._convert(stream, [], finish=True)
+                self._check_converted(target_checker, target, tail, offered)
+                for start in range(0, len(tail), s.transfer_page_limit):
+                    await deliver(tail[start:start + s.transfer_page_limit], commit=False)
+            manifest: dict[str, Any] = {"dataset": target, "records": digest.count, "sha256": digest.hexdigest(), "batches": batch}
+            if converter is not None:
+                manifest["converted_from"] = row.dataset
             with telemetry.tracer().start_as_current_span("recipient manifest", attributes={"transfer.id": tid}):
-                put = await self._call(client, "PUT", f"{imp}/transfers/{tid}/manifest", json=manifest, headers=recipient_headers)
-            body: dict[str, Any] = {}
-            try:
-                body = put.json()
-            except ValueError:
-                pass
-            if put.status_code != 200 or not isinstance(body, dict) or body.get("match") is not True:
-                raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({put.status_code})",
-                                                                     "manifest": manifest, "recipient": body if isinstance(body, dict) else None})
+                ack = await adapter.finish(tid, manifest)
+            if not ack.match:
+                raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({ack.status or adapter.protocol})",
+                                                                     "manifest": manifest, "recipient": ack.detail})
+        notes = self._notes(stream)
         if refused:  # what arrived is exactly what the recipient holds, but not all that the holder served
             await self._finish(tid, "partial", reason="records_refused", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
-                               error={"message": f"the recipient refused {len(refused)} of {served} records",
-                                      "refused_count": len(refused), "refused": refused[:MAX_REFUSED_LISTED]},
+                               error={"message": f"the recipient refused {len(refused)} of {offered} records",
+                                      "refused_count": len(refused), "refused": refused[:MAX_REFUSED_LISTED], **notes},
                                resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
         else:
             await self._finish(tid, "completed", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
-                               resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
+                               error=notes or None, resume_cursor=self._resume_cursor, schedule_id=row.schedule_id)
+
+    @staticmethod
+    def _check_converted(target_checker: Any, target: str, out: list[Any], offered: int) -> None:
+        if target_checker is None:
+            return
+        bad = target_checker.first_error(out)
+        if bad is not None:
+            raise TransferEnded("failed", "conversion_failed", {
+                "message": f"converted record {offered + bad.index} breaks the {target} schema: {bad.message}",
+                "position": offered + bad.index, "schema_error": bad.message, "path": bad.path})
+
+    @staticmethod
+    def _notes(stream: converters.Stream | None) -> dict[str, Any]:
+        """What a conversion deliberately left out or carried with a caveat, by code (partial periods, days without
+        a value...). Only the codes, counts and periods are kept: a note's message may quote a value."""
+        if stream is None or not stream.notes:
+            return {}
+        counts: dict[str, int] = {}
+        for n in stream.notes:
+            counts[str(n.get("code"))] = counts.get(str(n.get("code")), 0) + 1
+        periods = [str(n["period"]) for n in stream.notes if n.get("period")][:MAX_NOTES_LISTED]
+        summary = ", ".join(f"{code}: {k}" for code, k in sorted(counts.items()))
+        return {"conversion": {"from": stream.converter.source, "to": stream.converter.target, "version": stream.converter.version,
+                               "notes": counts, **({"periods_left_out": periods} if periods else {}),
+                               "message": f"converted records with notes ({summary})"}}
 
     # ---- state changes (each with its event, in one transaction) ----------------------
 
@@ -508,10 +556,11 @@ class TransferWorker:
         except Abandon:
             pass
 
-    async def _start(self, tid: str, *, attempt: int, resume: bool) -> None:
+    async def _start(self, tid: str, *, attempt: int, resume: bool, delivered_dataset: str | None = None) -> None:
         """Take the lease (the server gave us the job, so whoever had it is presumed gone) and mark it running."""
         now = datetime.now(UTC)
-        values: dict[str, Any] = {"status": "running", "attempts": attempt, "error": None, "worker": self.worker_id}
+        values: dict[str, Any] = {"status": "running", "attempts": attempt, "error": None, "worker": self.worker_id,
+                                  "delivered_dataset": delivered_dataset}
         if not resume:
             values |= {"started_at": now, "cursor": None, "batches": 0, "records": 0, "bytes": 0}
         kind = "resumed" if resume else "started"

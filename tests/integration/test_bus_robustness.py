@@ -14,7 +14,7 @@ import pytest
 
 from shared import envelope, subjects
 from shared.catalogue import parse_file
-from shared.demo import consented_transfer, register_participants
+from shared.demo import client_as, consented_transfer, register_participants
 from shared.launcher import Stack
 
 pytestmark = pytest.mark.e2e
@@ -118,7 +118,7 @@ async def test_malformed_jobs_are_dead_lettered_with_reason_and_transfers_go_on(
     finally:
         await nc.close()
 
-    with httpx.Client(timeout=5) as c:
+    with client_as(stack, "admin", timeout=5) as c:
         for p in stack.procs.values():
             assert p.alive(), p.name
             if p.health == "/readyz":  # the workers' loop is still running
@@ -126,7 +126,7 @@ async def test_malformed_jobs_are_dead_lettered_with_reason_and_transfers_go_on(
     parsed = parse_file(real_dir / "enedis_v5_consumption_load_curve_myelectricaldata.json")
 
     def transfer() -> dict:
-        with httpx.Client(timeout=30) as c:
+        with client_as(stack, "admin", timeout=30) as c:
             register_participants(c, stack)
             return consented_transfer(c, stack, customer=parsed.subject_key, dataset=parsed.dataset_id)
 

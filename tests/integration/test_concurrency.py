@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.demo import CLOUD_ID, HOLDER_ID
+from shared.demo import client_as, CLOUD_ID, HOLDER_ID
 from shared.launcher import Stack
 from tests.conftest import running_stack
 
@@ -29,13 +29,13 @@ def cstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator
 
 def test_two_consent_replicas_change_a_consent_once(cstack: Stack) -> None:
     replicas = [cstack.url("consent"), cstack.url("consent-2")]
-    with httpx.Client(timeout=30) as c:
+    with client_as(cstack, "admin", timeout=30) as c:
         consent = c.post(f"{replicas[0]}/consents", json={"data_subject": "subject-race", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
                                                         "datasets": [DAILY], "purpose": "race"}).json()
         tokens = [c.post(f"{cstack.url('holder')}/dev/tokens", json={"customer_id": CUSTOMER, "datasets": [DAILY]}).json() for _ in range(20)]
 
     def authorise(i: int) -> int:
-        with httpx.Client(timeout=30) as c:
+        with client_as(cstack, "admin", timeout=30) as c:
             return c.post(f"{replicas[i % 2]}/consents/{consent['id']}/authorise", json=tokens[i]).status_code
 
     with ThreadPoolExecutor(8) as pool:
@@ -43,18 +43,18 @@ def test_two_consent_replicas_change_a_consent_once(cstack: Stack) -> None:
     assert sorted(codes) == [200] + [409] * 19, codes
 
     def revoke(i: int) -> int:
-        with httpx.Client(timeout=30) as c:
+        with client_as(cstack, "admin", timeout=30) as c:
             return c.post(f"{replicas[i % 2]}/consents/{consent['id']}/revoke", json={"by": "holder" if i % 2 else "recipient"}).status_code
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(revoke, range(10))) == {200}  # idempotent
-    with httpx.Client(timeout=30) as c:
+    with client_as(cstack, "admin", timeout=30) as c:
         entries = c.get(f"{replicas[1]}/log/entries", params={"consent_id": consent["id"]}).json()["entries"]
     assert [e["entry"]["event"] for e in entries] == ["requested", "authorised", "revoked"]
 
 
 def test_two_workers_and_two_consent_replicas_process_each_transfer_once(cstack: Stack) -> None:
-    with httpx.Client(timeout=30) as c:
+    with client_as(cstack, "admin", timeout=30) as c:
         before = c.get(f"{cstack.url('cloud')}/dev/stats").json()
         ids = []
         for i in range(8):

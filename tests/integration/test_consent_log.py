@@ -33,7 +33,7 @@ from shared.audit import app as audit_app
 from shared.canonical import canonical
 from shared.catalogue import parse_file
 from shared.db import Database
-from shared.demo import CLOUD_ID, HOLDER_ID, consented_transfer, holder_records, register_participants
+from shared.demo import client_as, credentials, CLOUD_ID, HOLDER_ID, consented_transfer, holder_records, register_participants
 from shared.launcher import Stack
 from shared.settings import Settings
 from shared.tlog import Signer, leaf_hash, open_checkpoint
@@ -65,7 +65,7 @@ def lstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator
 
 @pytest.fixture(scope="module")
 def c(lstack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
+    with client_as(lstack, "admin", timeout=30) as client:
         register_participants(client, lstack)
         yield client
 
@@ -121,7 +121,8 @@ def settled(c: httpx.Client, s: Stack) -> int:
 
 
 def audit(s: Stack, state: Path, *extra: str) -> tuple[int, str]:
-    r = CliRunner().invoke(audit_app, [s.url("consent"), "--state", str(state), *extra])
+    token = credentials(s, "regulator").source().token()
+    r = CliRunner().invoke(audit_app, [s.url("consent"), "--state", str(state), "--token", token, *extra])
     return r.exit_code, r.output
 
 
@@ -374,8 +375,9 @@ def test_portability_audit_verifies_the_log(lstack: Stack, c: httpx.Client, pinn
     new_consent(c, lstack, "log-gina")
     settled(c, lstack)
     # the installed command line, in its own process
+    env = {**os.environ, "PORTABILITY_TOKEN": credentials(lstack, "regulator").source().token()}
     p = subprocess.run([sys.executable, "-m", "shared.audit", lstack.url("consent"), "--state", str(pinned)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"consistent with the {size} entries verified before" in p.stdout and "1 new" in p.stdout
     code, out = audit(lstack, pinned, "--public-key", "someone+00000000+AQ==")

@@ -12,7 +12,7 @@ import pytest
 
 from shared.canonical import records_digest
 from shared.catalogue import parse_file
-from shared.demo import CLOUD_ID, HOLDER_ID, consented_transfer, register_participants
+from shared.demo import client_as, CLOUD_ID, HOLDER_ID, consented_transfer, register_participants
 from shared.launcher import Stack
 from tests.conftest import BAD_CUSTOMER, BAD_POSITION, PAGE_LIMIT, REAL_ENEDIS_FILES
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as c:
+    with client_as(stack, "admin", timeout=30) as c:
         register_participants(c, stack)
         yield c
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from shared.demo import CLOUD_ID, HOLDER_ID, register_participants
+from shared.demo import client_as, CLOUD_ID, HOLDER_ID, register_participants
 from shared.launcher import Stack
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +20,7 @@ DAILY = "enedis.v5.daily_consumption"
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as c:
+    with client_as(stack, "admin", timeout=30) as c:
         register_participants(c, stack)
         yield c
 
@@ -90,3 +91,7 @@ def test_metrics_health_and_readiness(client: httpx.Client, stack: Stack) -> Non
     text = client.get(f"{stack.url('transfer')}/metrics").text
     for metric in ("transfers_ended", "transfer_records_moved", "transfer_bytes_moved", "transfer_queue_pending"):
         assert metric in text, metric
+    consent = client.get(f"{stack.url('consent')}/metrics").text
+    assert re.search(r"^consent_log_entries\{[^}]*\} [1-9]", consent, re.M), "the log size gauge"
+    # /metrics is for regulators and operators only
+    assert httpx.get(f"{stack.url('consent')}/metrics").status_code == 401

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from shared.canonical import records_digest
-from shared.demo import CLOUD_ID, HOLDER_ID, cloud_records, holder_records
+from shared.demo import client_as, credentials, CLOUD_ID, HOLDER_ID, cloud_records, holder_records
 from shared.launcher import Stack
 from tests.conftest import running_stack
 
@@ -42,7 +42,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator
 
 @pytest.fixture()
 def c(fstack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
+    with client_as(fstack, "admin", timeout=30) as client:
         client.put(f"{fstack.url('holder')}/dev/faults", json={}).raise_for_status()
         client.put(f"{fstack.url('cloud')}/dev/faults", json={}).raise_for_status()
         yield client
@@ -338,7 +338,7 @@ async def test_a_registry_event_without_status_changes_nothing(fstack: Stack) ->
     nc = await nats_client.connect(fstack.nats_url)
     try:
         js = nc.jetstream()
-        bad = env_mod.make("registry.events.participant_status_changed", {"participant": {"id": HOLDER_ID}})
+        bad = env_mod.make("registry.events.participant_status_changed", {"participant": {"id": HOLDER_ID}}, check=False)
         await js.publish("registry.events.participant_status_changed", env_mod.encode(bad), headers={"Nats-Msg-Id": bad["id"]})
     finally:
         await nc.close()
@@ -347,7 +347,7 @@ async def test_a_registry_event_without_status_changes_nothing(fstack: Stack) ->
     await asyncio.sleep(0.5)
 
     def run() -> dict[str, Any]:
-        with httpx.Client(timeout=30) as c:
+        with client_as(fstack, "admin", timeout=30) as c:
             c.put(f"{fstack.url('holder')}/dev/faults", json={}).raise_for_status()
             return wait(c, fstack, start(c, fstack)["id"], done)
 
@@ -383,8 +383,9 @@ def test_transfer_watch_shows_progress_until_the_end(c: httpx.Client, fstack: St
 
     holder_faults(c, fstack, delay_s=0.05)
     t = start(c, fstack)
-    result = CliRunner().invoke(app, ["transfer", "watch", t["id"], "--url", fstack.url("transfer"), "--interval", "0.1"])
+    token = credentials(fstack, "admin").source().token()
+    result = CliRunner().invoke(app, ["transfer", "watch", t["id"], "--url", fstack.url("transfer"), "--interval", "0.1", "--token", token])
     assert result.exit_code == 0, result.output
     assert f"transfer {t['id']} completed: 365 records" in result.output and "365/365 records" in result.output
-    result = CliRunner().invoke(app, ["transfer", "watch", "no-such-transfer", "--url", fstack.url("transfer")])
+    result = CliRunner().invoke(app, ["transfer", "watch", "no-such-transfer", "--url", fstack.url("transfer"), "--token", token])
     assert result.exit_code == 2 and "no transfer" in result.output

@@ -19,6 +19,7 @@ a temporary copy of deploy/k8s with throw-away random ones, as validate.sh does.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import shutil
@@ -30,7 +31,8 @@ from typing import Any
 
 import pytest
 
-from shared.settings import Settings
+from shared.authclient import generate_keypair
+from shared.settings import DEV_OAUTH_ISSUER, Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/k8s: add pyyaml to the test extras of pyproject.toml")
 
@@ -60,23 +62,50 @@ SAFE_DEFAULTS: dict[str, str] = {
     "nats_request_timeout_s": "tuning with a tested default (5 s per NATS request)",
     "max_request_bytes": "tuning with a tested default (1 MiB request bodies)",
     "log_checkpoint_interval_s": "tuning with a tested default (1 s between an append and its checkpoint)",
+    "nats_creds_file": "the services log in with NATS_USER/NATS_PASSWORD (Secret nats-passwords); a creds file is for an operator/JWT NATS",
+    "nats_tls_ca": "TLS to NATS is off inside the cluster by default; deploy/k8s/README.md (NATS: users, permissions and TLS) turns it on",
+    "nats_tls_cert": "no client certificate unless the NATS server verifies clients (deploy/k8s/README.md, TLS)",
+    "nats_tls_key": "no client certificate unless the NATS server verifies clients (deploy/k8s/README.md, TLS)",
+    "nats_tls_handshake_first": "only with the server's tls { handshake_first: true } (deploy/k8s/README.md, TLS)",
+    "consent_request_ttl_s": "a business rule of the broker (600 s for a person to finish a consent request)",
+    "consent_sweep_interval_s": "tuning with a tested default (5 s between sweeps of expired consents and retries)",
+    "consent_max_days_cap": "a business rule of the broker (1095 days, the ceiling of every holder's own cap), "
+                            "not a property of the deployment",
+    "session_ttl_s": "a business rule of the broker (8 h browser sessions on the consent pages)",
+    "receipt_retired_keys": "none until the first rotation of RECEIPT_SIGNING_KEY; deploy/k8s/README.md "
+                            "(Rotate the secrets) adds the old public key to consent-config then",
+    "oauth_audience": "the issuer (OAUTH_ISSUER, broker-config): one value every process agrees on; "
+                      "set it in broker-config only for an audience other than the registry's URL",
+    "oauth_token_ttl_s": "tuning with a tested default (300 s access tokens); every process caps the lifetime "
+                         "it accepts with it, so an override belongs in broker-config",
 }
 
 # Settings that only some processes read; every other setting not in SAFE_DEFAULTS is needed by
-# all of them (the three secrets too: shared.settings refuses their development values in every
-# process in production, whether the process uses them or not).
+# all of them (the secrets too: shared.settings refuses their development values in every
+# process in production, whether the process uses them or not; OAUTH_ISSUER likewise).
 ONLY_FOR: dict[str, set[str]] = {
     "log_origin": {"consent"},
     "transfer_workers_in_process": {"transfer"},
+    "public_url": {"consent"},  # the consent pages' public URL (consent-config)
+    "holder_client_id": {"consent"},  # the broker's client at the holders' authorization servers (consent-config)
+    "oauth_clients": {"registry"},  # the admins and regulators of the authorization server (registry-config)
 }
 
 # Settings whose value is secret: the processes that use the real value get it from a Secret; the
-# others get an inert stand-in from the ConfigMap "secret-standins" (never the real Secret).
+# others get an inert stand-in from the ConfigMap "secret-standins" (never the real Secret), which
+# every broker container reads whole by envFrom (its env, from the Secret, wins for what it uses).
 SECRET_USERS: dict[str, set[str]] = {
     "database_url": set(PROCESSES),
+    "nats_password": set(PROCESSES),  # each process its own service's key of the Secret nats-passwords
     "broker_recipient_token": {"transfer-worker"},
     "token_encryption_key": {"consent"},
     "log_signing_key": {"consent"},
+    # personal clouds' tokens (a Cozy's, a Solid pod's), by recipient id: only the workers deliver to recipients
+    "recipient_credentials": {"transfer-worker"},
+    "holder_client_secret": {"consent"},  # the consent service alone talks to the holders' authorization servers
+    "holder_clients": {"consent"},  # per-holder client secrets ({} when none)
+    "receipt_signing_key": {"consent"},  # signs the consent receipts and security events
+    "oauth_signing_key": {"registry"},  # signs the access tokens; the other processes get a non-JSON stand-in
 }
 STANDINS = "secret-standins"
 
@@ -195,9 +224,16 @@ def k8s_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "broker-secrets.env").write_text(
         f"BROKER_RECIPIENT_TOKEN={secrets.token_urlsafe(32)}\n"
         f"TOKEN_ENCRYPTION_KEY={base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}\n"
-        f"LOG_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n")
+        f"LOG_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n"
+        f"HOLDER_CLIENT_SECRET={secrets.token_urlsafe(32)}\n"
+        f"HOLDER_CLIENTS={json.dumps({'holder-x': {'client_id': 'broker', 'client_secret': secrets.token_urlsafe(16)}})}\n"
+        f"RECEIPT_SIGNING_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}\n"
+        f"OAUTH_SIGNING_KEY={json.dumps(generate_keypair('ES256')[0], separators=(',', ':'))}\n"
+        f"RECIPIENT_CREDENTIALS={json.dumps({'cozy-x': {'bearer': secrets.token_urlsafe(32)}})}\n")
     for s in ("registry", "consent", "transfer"):
         (out / f"{s}-database.env").write_text(f"DATABASE_URL=postgresql://{s}:{secrets.token_hex(8)}@db.test.invalid:5432/{s}\n")
+    (out / "nats-passwords.env").write_text("".join(f"{u}_NATS_PASSWORD=n{secrets.token_hex(32)}\n"
+                                                    for u in ("REGISTRY", "CONSENT", "TRANSFER", "ADMIN")))
     return copy
 
 
@@ -335,7 +371,7 @@ def test_secrets_only_where_used(target: str, render: Render, rendered: Any) -> 
 def test_secret_users_match_the_code() -> None:
     """A service that starts reading a secret must get the real one, not the stand-in."""
     for field, users in SECRET_USERS.items():
-        if field == "database_url":
+        if field in ("database_url", "nats_password"):  # every process has its own
             continue
         for package in ("registry", "consent", "transfer"):
             text = "\n".join(p.read_text("utf-8") for p in (REPO / "services" / package).rglob("*.py"))
@@ -358,19 +394,53 @@ def _settings_from(env: dict[str, Source], monkeypatch: pytest.MonkeyPatch) -> S
 @pytest.mark.parametrize(("target", "render"), RENDERINGS)
 def test_services_start_with_these_settings(target: str, render: Render, rendered: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings() accepts each process's environment in dev and production; the base alone, with
-    ENVIRONMENT=production and development secrets, is refused by every process that uses one."""
+    ENVIRONMENT=production, the development issuer and development secrets, is refused by every
+    process, and still by every process that uses a secret once it names an issuer."""
     docs = rendered(target, render)
     for process in PROCESSES:
         env = container_env(docs, process)
-        uses_dev_secret = any(process in users for f, users in SECRET_USERS.items() if f != "database_url")
-        if target == "base" and uses_dev_secret:
+        # (a development NATS password is refused when the Bus connects, not by Settings: shared/natsauth.py)
+        uses_dev_secret = any(process in users for f, users in SECRET_USERS.items() if f not in ("database_url", "nats_password"))
+        if target == "base":
+            assert env["OAUTH_ISSUER"].value == DEV_OAUTH_ISSUER, process
             with pytest.raises(ValueError, match="must be set outside development mode"):
                 _settings_from(env, monkeypatch)
-            continue
+            env = {**env, "OAUTH_ISSUER": Source("value", "", "https://registry.test.invalid")}
+            if uses_dev_secret:
+                with pytest.raises(ValueError, match="(must be set|must not be the development key) outside development mode"):
+                    _settings_from(env, monkeypatch)
+                continue
         settings = _settings_from(env, monkeypatch)
         assert settings.environment == EXPECTED_ENVIRONMENT[target]
         assert settings.database_url and settings.database_url.startswith("postgresql://"), process
         assert settings.database_url_for(PACKAGE_OF[process]).startswith("postgresql+asyncpg://")
+
+
+@pytest.mark.parametrize(("target", "render"), [r for r in RENDERINGS if r.values[0] != "base"])
+def test_keys_and_clients_load(target: str, render: Render, rendered: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON and key values survive the rendering: the registry loads its signing key and its API
+    clients, the consent service its receipt signer. Production names this installation: https URLs
+    other than the base's, and an admin client (else no one could register a participant)."""
+    from services.consent import receipts
+    from services.registry import oauth
+    from shared import authclient
+
+    docs = rendered(target, render)
+    base = rendered("base", render_files)
+    registry = _settings_from(container_env(docs, "registry"), monkeypatch)
+    signer = authclient.load_private_key(registry.oauth_signing_key or "")
+    assert authclient.signing_alg(signer) in ("ES256", "Ed25519")
+    clients = oauth.load_clients(registry)
+    assert any("admin" in c.roles for c in clients.values()), "no admin client: nobody can register participants"
+    consent = _settings_from(container_env(docs, "consent"), monkeypatch)
+    assert receipts.signer_from_settings(consent).jwks()["keys"]
+    urls = {p: _settings_from(container_env(docs, p), monkeypatch).oauth_issuer for p in PROCESSES}
+    assert len(set(urls.values())) == 1, f"every process must expect the same issuer: {urls}"
+    if target == "production":
+        base_consent = container_env(base, "consent")
+        assert consent.public_url and consent.public_url.startswith("https://") and consent.public_url != base_consent["PUBLIC_URL"].value
+        assert registry.oauth_issuer.startswith("https://") and registry.oauth_issuer != DEV_OAUTH_ISSUER
+        assert consent.log_origin != base_consent["LOG_ORIGIN"].value
 
 
 @pytest.mark.parametrize(("target", "render"), RENDERINGS)

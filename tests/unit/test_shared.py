@@ -32,7 +32,9 @@ def test_envelope_round_trip_and_schema_checks() -> None:
     bad_time = dict(env, time="yesterday")
     with pytest.raises(InvalidInput, match="date-time"):
         envelope.validate(bad_time)
-    assert envelope.make("transfer.events.completed", {"transfer": {}})["type"] == "transfer.events.completed"
+    assert envelope.make("transfer.events.completed", {"transfer": {"id": "t1", "status": "completed"}})["type"] == "transfer.events.completed"
+    with pytest.raises(InvalidInput, match="data"):  # the members the handlers read are typed
+        envelope.make("transfer.events.completed", {"transfer": {"id": 1, "status": "completed"}})
 
 
 def test_canonical_json_and_record_digest_follow_rfc8785() -> None:
@@ -51,7 +53,7 @@ def test_canonical_json_and_record_digest_follow_rfc8785() -> None:
 @pytest.mark.parametrize("target", sorted(STATES))
 def test_every_consent_transition_is_allowed_or_refused_with_the_current_state(current: str, target: str) -> None:
     allowed = {("requested", "authorised"), ("requested", "rejected"), ("authorised", "revoked"),
-               ("authorised", "expired"), ("authorised", "consumed")}
+               ("authorised", "expired"), ("authorised", "consumed"), ("authorised", "superseded"), ("requested", "expired")}
     if (current, target) in allowed:
         check_transition(current, target, consent_id="c")
     else:
@@ -69,6 +71,11 @@ def test_errors_survive_a_round_trip_as_problem_details() -> None:
 
 
 def test_settings_refuse_development_secrets_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.authclient import DEV_ADMIN_KEY, DEV_SIGNING_KEY, generate_keypair, public_jwks
+    from shared.settings import DEV_HOLDER_CLIENT_SECRET, DEV_OAUTH_ISSUER, DEV_RECEIPT_SIGNING_KEY
+
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
     monkeypatch.setenv("ENVIRONMENT", "production")
     with pytest.raises(ValueError, match="BROKER_RECIPIENT_TOKEN"):
         Settings()
@@ -79,7 +86,53 @@ def test_settings_refuse_development_secrets_in_production(monkeypatch: pytest.M
     with pytest.raises(ValueError, match="LOG_SIGNING_KEY"):
         Settings()
     monkeypatch.setenv("LOG_SIGNING_KEY", "B" * 43 + "=")
+    with pytest.raises(ValueError, match="HOLDER_CLIENT_SECRET"):
+        Settings()
+    monkeypatch.setenv("HOLDER_CLIENT_SECRET", DEV_HOLDER_CLIENT_SECRET)
+    with pytest.raises(ValueError, match="HOLDER_CLIENT_SECRET"):
+        Settings()
+    monkeypatch.setenv("HOLDER_CLIENT_SECRET", "a-real-client-secret")
+    with pytest.raises(ValueError, match="RECEIPT_SIGNING_KEY"):
+        Settings()
+    monkeypatch.setenv("RECEIPT_SIGNING_KEY", DEV_RECEIPT_SIGNING_KEY)
+    with pytest.raises(ValueError, match="RECEIPT_SIGNING_KEY"):
+        Settings()
+    monkeypatch.setenv("RECEIPT_SIGNING_KEY", "C" * 43 + "=")
+    with pytest.raises(ValueError, match="OAUTH_ISSUER must be set"):
+        Settings()
+    monkeypatch.setenv("OAUTH_ISSUER", DEV_OAUTH_ISSUER)
+    with pytest.raises(ValueError, match="OAUTH_ISSUER must be set"):
+        Settings()
+    monkeypatch.setenv("OAUTH_ISSUER", "http://registry.broker.example.org")
+    with pytest.raises(ValueError, match="OAUTH_ISSUER must be an https URL"):
+        Settings()
+    monkeypatch.setenv("OAUTH_ISSUER", "https://registry.broker.example.org")
+    with pytest.raises(ValueError, match="OAUTH_SIGNING_KEY must be set"):
+        Settings()
+    monkeypatch.setenv("OAUTH_SIGNING_KEY", json.dumps(DEV_SIGNING_KEY))
+    with pytest.raises(ValueError, match="OAUTH_SIGNING_KEY must not be the development key"):
+        Settings()
+    monkeypatch.setenv("OAUTH_SIGNING_KEY", json.dumps({"keys": [generate_keypair()[0], DEV_SIGNING_KEY]}))
+    with pytest.raises(ValueError, match="OAUTH_SIGNING_KEY must not be the development key"):
+        Settings()
+    # a process that signs no access token gets an inert, non-JSON stand-in (deploy/k8s: secret-standins)
+    monkeypatch.setenv("OAUTH_SIGNING_KEY", "unused-in-this-service")
     assert Settings().environment == "production"
+    monkeypatch.setenv("OAUTH_SIGNING_KEY", json.dumps(generate_keypair()[0]))
+    assert Settings().environment == "production"
+    monkeypatch.setenv("OAUTH_CLIENTS", json.dumps([{"client_id": "dev-admin", "role": "admin", "jwks": public_jwks(DEV_ADMIN_KEY)}]))
+    with pytest.raises(ValueError, match="OAUTH_CLIENTS: 'dev-admin' uses a development key"):
+        Settings()
+    monkeypatch.setenv("OAUTH_CLIENTS", json.dumps([{"client_id": "admin", "role": "admin", "jwks": generate_keypair("Ed25519")[1]}]))
+    monkeypatch.setenv("PUBLIC_URL", "http://consent.broker.example.org")
+    with pytest.raises(ValueError, match="PUBLIC_URL must be https"):
+        Settings()
+    monkeypatch.setenv("PUBLIC_URL", "https://consent.broker.example.org")
+    assert Settings().environment == "production"
+    # development accepts every development value
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    assert Settings().environment == "development"
 
 
 def test_database_urls() -> None:

@@ -67,7 +67,8 @@ web_sessions = Table(
     "web_sessions",
     metadata,
     Column("id_hash", String(64), primary_key=True),
-    Column("data_subjects", JSON, nullable=False),  # whose consents this browser may see and revoke
+    # who signed in at which holder: [[holder_id, holder_subject], ...]; this browser sees and revokes their consents
+    Column("identities", JSON, nullable=False),
     Column("csrf", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),

@@ -123,7 +123,7 @@ async def _ensure_session(request: Request, response: Response | None = None) ->
         return row, None
     sid = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
-    values = {"id_hash": _sha(sid), "data_subjects": [], "csrf": secrets.token_urlsafe(24), "created_at": now,
+    values = {"id_hash": _sha(sid), "identities": [], "csrf": secrets.token_urlsafe(24), "created_at": now,
               "expires_at": now + timedelta(seconds=_rt(request).settings.session_ttl_s)}
     async with _rt(request).db.unit_of_work() as s:
         await s.execute(models.web_sessions.delete().where(models.web_sessions.c.expires_at <= now))
@@ -140,16 +140,27 @@ def _set_cookie(request: Request, response: Response, sid: str | None) -> Respon
     return response
 
 
-async def _sign_in(request: Request, session: Any, data_subjects: list[str]) -> str:
-    """Add ``data_subjects`` to the browser's session under a NEW session id and CSRF token (no session
-    fixation): returns the new cookie value."""
-    subjects_ = list(dict.fromkeys([*session.data_subjects, *data_subjects]))[-20:]
+def _identities(session: Any) -> set[tuple[str, str]]:
+    """The ``(holder id, customer id at that holder)`` pairs this browser proved by logging in at holders."""
+    return {(str(h), str(sub)) for h, sub in (session.identities if session is not None else [])}
+
+
+def _owns(session: Any, consent: dict[str, Any]) -> bool:
+    """Is ``consent`` one of this browser's person's? Only the holder login proves it: the ``data_subject``
+    a recipient wrote in its request proves nothing."""
+    return consent.get("holder_subject") is not None and (consent["holder_id"], consent["holder_subject"]) in _identities(session)
+
+
+async def _sign_in(request: Request, session: Any, identity: tuple[str, str]) -> str:
+    """Add ``identity`` (holder id, customer id there) to the browser's session under a NEW session id and
+    CSRF token (no session fixation): returns the new cookie value."""
+    subjects_ = [list(x) for x in dict.fromkeys([*(tuple(i) for i in session.identities), identity])][-20:]
     sid = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     async with _rt(request).db.unit_of_work() as s:
         await s.execute(models.web_sessions.delete().where(models.web_sessions.c.id_hash == session.id_hash))
         await s.execute(models.web_sessions.insert().values(
-            id_hash=_sha(sid), data_subjects=subjects_, csrf=secrets.token_urlsafe(24), created_at=now,
+            id_hash=_sha(sid), identities=subjects_, csrf=secrets.token_urlsafe(24), created_at=now,
             expires_at=now + timedelta(seconds=_rt(request).settings.session_ttl_s)))
     return sid
 
@@ -332,11 +343,16 @@ async def oauth_callback(request: Request, state: str = Query("", max_length=200
         return _message(request, 400, "error_title", t("holder_refused", holder=holder_name, error=exc.error), link=back, link_text=t("title_screen"))
     except Unavailable:
         return _message(request, 502, "error_title", t("holder_down", holder=holder_name), link=back, link_text=t("title_screen"))
-    sub = str(token.get("sub") or "") or None
+    sub = str(token.get("sub") or "")[:128]
+    if not sub:
+        # without the holder saying who logged in, nobody could later see or revoke the consent on the dashboard
+        await service.queue_token_revocation(rt, consent_id=flow.consent_id or f"login:{flow.state_hash[:16]}", holder_id=flow.holder_id,
+                                             token=token)
+        return _message(request, 502, "error_title", t("holder_refused", holder=holder_name, error="no subject (sub) in the token response"),
+                        link=back, link_text=t("title_screen"))
     if flow.kind == "login":
         await service.queue_token_revocation(rt, consent_id=f"login:{flow.state_hash[:16]}", holder_id=flow.holder_id, token=token)
-        found = await service.data_subjects_of_holder_subject(rt, holder_id=flow.holder_id, holder_subject=sub) if sub else []
-        return _set_cookie(request, RedirectResponse("/me", status_code=303), await _sign_in(request, session, found))
+        return _set_cookie(request, RedirectResponse("/me", status_code=303), await _sign_in(request, session, (flow.holder_id, sub)))
     assert flow.consent_id is not None
     c = await service.get_consent(rt, consent_id=flow.consent_id)
     try:
@@ -347,7 +363,7 @@ async def oauth_callback(request: Request, state: str = Query("", max_length=200
         await service.queue_token_revocation(rt, consent_id=flow.consent_id, holder_id=flow.holder_id, token=token)
         return _message(request, 409, "title_screen", t("already", status=t(f"status_{exc.extra.get('current_status')}")),
                         link="/me", link_text=t("dashboard"))
-    sid = await _sign_in(request, session, [c["data_subject"]])
+    sid = await _sign_in(request, session, (flow.holder_id, sub))
     try:
         await service.confirm_with_holder(rt, consent_id=c["id"])
     except BrokerError as exc:
@@ -363,10 +379,10 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
     t = _translator(_lang(request))
     lang = _lang(request)
     session, sid = await _ensure_session(request)
-    if not session.data_subjects:
+    if not session.identities:
         holders = [{"id": h, "name": await _name(rt, h)} for h in await service.known_holders(rt)]
         return _set_cookie(request, _render(request, "sign_in.html", title=t("sign_in"), holders=holders), sid)
-    consents = await service.list_consents(rt, data_subject=list(session.data_subjects), limit=500)
+    consents = await service.consents_of_identities(rt, identities=sorted(_identities(session)), limit=500)
     transfers = await service.transfers_by_consent(rt, consent_ids=[c["id"] for c in consents])
     with_receipt = await service.consents_with_receipt(rt, consent_ids=[c["id"] for c in consents])
     names: dict[str, str] = {}
@@ -402,7 +418,7 @@ async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("
         c = await service.get_consent(rt, consent_id=consent_id)
     except NotFound:
         return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
-    if c["data_subject"] not in session.data_subjects:
+    if not _owns(session, c):
         return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
     try:
         await service.revoke(rt, consent_id=consent_id, by="data_subject")
@@ -421,7 +437,7 @@ async def dashboard_receipt(consent_id: str, request: Request) -> Response:
     session = await _session(request)
     try:
         c = await service.get_consent(rt, consent_id=consent_id)
-        if session is None or c["data_subject"] not in session.data_subjects:
+        if not _owns(session, c):
             return JSONResponse({"title": "Forbidden", "status": 403, "detail": "not one of your consents"}, status_code=403,
                                 media_type="application/problem+json")
         return JSONResponse(await service.get_receipt(rt, consent_id=consent_id), headers={"Cache-Control": "no-store"})

@@ -603,9 +603,14 @@ async def known_holders(rt: Runtime) -> list[str]:
         return sorted((await s.execute(select(models.consents.c.holder_id).distinct())).scalars())
 
 
-async def data_subjects_of_holder_subject(rt: Runtime, *, holder_id: str, holder_subject: str) -> list[str]:
-    """The data subjects whose consents the holder's customer ``holder_subject`` authorised."""
+async def consents_of_identities(rt: Runtime, *, identities: list[tuple[str, str]], limit: int = 500) -> list[dict[str, Any]]:
+    """The consents authorised by these holder logins (``(holder_id, holder_subject)`` pairs), newest first."""
+    if not identities:
+        return []
+    from sqlalchemy import and_, or_
+
     t = models.consents
+    match = or_(*(and_(t.c.holder_id == h, t.c.holder_subject == sub) for h, sub in identities[:20]))
+    q = _select_consents().where(match).order_by(t.c.created_at.desc(), t.c.id).limit(limit)
     async with rt.db.sessions() as s:
-        return sorted((await s.execute(select(t.c.data_subject).distinct().where(t.c.holder_id == holder_id)
-                                       .where(t.c.holder_subject == holder_subject))).scalars())
+        return [_consent(r) for r in (await s.execute(q)).all()]

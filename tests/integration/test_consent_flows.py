@@ -33,13 +33,15 @@ pytestmark = pytest.mark.e2e
 DAILY = "enedis.v5.daily_consumption"
 DAILY_FILE = "enedis_v5_daily_consumption_myelectricaldatapy.json"
 CURVE_FILE = "enedis_v5_consumption_load_curve_myelectricaldatapy.json"
+OTHER_FILE = "enedis_v5_consumption_load_curve_myelectricaldata.json"  # another customer: 99999999999991
+OTHER_CUSTOMER = "99999999999991"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 REQUEST_TTL_S = 8
 
 
 @pytest.fixture(scope="module")
 def fl(tmp_path_factory: pytest.TempPathFactory, real_dir: Path) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("flows"), [real_dir / DAILY_FILE, real_dir / CURVE_FILE],
+    with running_stack(tmp_path_factory.mktemp("flows"), [real_dir / DAILY_FILE, real_dir / CURVE_FILE, real_dir / OTHER_FILE],
                        env={"CONSENT_SWEEP_INTERVAL_S": "0.3", "CONSENT_REQUEST_TTL_S": str(REQUEST_TTL_S)}) as s:
         yield s
 
@@ -250,9 +252,10 @@ def test_revoke_on_the_dashboard_revokes_the_holder_token_and_notifies_the_recip
 
 
 def test_a_person_cannot_revoke_someone_elses_consent(c: httpx.Client, fl: Stack, customer: str) -> None:
+    # the same data_subject on both requests: what a recipient writes proves nothing, the holder login does
     mine = ask(c, fl, "flow-hugo")
-    theirs = ask(c, fl, "flow-ines")
-    allow_through_pages(fl, theirs["id"], customer=customer).close()
+    theirs = ask(c, fl, "flow-hugo")
+    allow_through_pages(fl, theirs["id"], customer=OTHER_CUSTOMER).close()
     with closing(allow_through_pages(fl, mine["id"], customer=customer)) as browser:
         page = browser.get(f"{fl.url('consent')}/me")
         assert mine["id"] in page.text and theirs["id"] not in page.text  # only the data subject of this browser

@@ -57,7 +57,7 @@ def upgrade() -> None:
     )
     op.create_table('web_sessions',
     sa.Column('id_hash', sa.String(length=64), nullable=False),
-    sa.Column('data_subjects', sa.JSON(), nullable=False),
+    sa.Column('identities', sa.JSON(), nullable=False),
     sa.Column('csrf', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),

@@ -236,6 +236,12 @@ class TokenVerifier:
         self.set_keys({"keys": list(material.get("keys") or [])})
         for entry in material.get("revoked") or []:
             self.revoke(str(entry["jti"]), float(entry["exp"]))
+        if "inactive" in material:  # suspended or revoked participants: refuse their tokens; reactivated ones again
+            inactive = {str(x) for x in material.get("inactive") or []}
+            for client_id in inactive - set(self._blocked):
+                self.block_client(client_id)
+            for client_id in set(self._blocked) - inactive:
+                self.unblock_client(client_id)
         self._fetched_at = time.monotonic()
 
     def revoke(self, jti: str, exp: float) -> None:

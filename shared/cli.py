@@ -216,7 +216,7 @@ def credentials_new(
         _fail(f"{path} exists: not overwriting a private key", 2)
     path.touch(mode=0o600)
     path.write_text(json.dumps(private), "utf-8")
-    console.print(f"private key written to {path} (never share it)", style="green")
+    Console(stderr=True).print(f"private key written to {path} (never share it); the public JWK Set follows", style="green")
     print(json.dumps(public))
 
 

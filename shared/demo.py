@@ -138,8 +138,8 @@ def _consented_transfer(client: httpx.Client, cloud: httpx.Client, admin: httpx.
     else:
         token = _ok(client.post(f"{stack.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [dataset]}))
         consent = _ok(admin.post(f"{stack.url('consent')}/consents/{consent['id']}/authorise", json=token))
-    say(f"consent {consent['id']} {consent['status']} by the data subject (holder customer {customer}); receipt at "
-        f"{stack.url('consent')}/consents/{consent['id']}/receipt")
+    say(f"consent {consent['id']} {consent['status']} by the data subject (holder customer {customer}); its signed receipt is on "
+        f"the person's dashboard {stack.url('consent')}/me and, for the parties, at GET /consents/{consent['id']}/receipt")
     transfer = _ok(cloud.post(f"{stack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": dataset}))
     say(f"transfer {transfer['id']} queued")
     deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -91,7 +91,7 @@ async def authorise(consent_id: str, body: HolderToken, request: Request, caller
     if rt.settings.environment != "development":
         raise Forbidden("consents are authorised by the data subject on the consent screen", reason="development_only")
     c = await service.get_consent(rt, consent_id=consent_id)
-    return await service.authorise(rt, consent_id=consent_id, token=body.model_dump(), receipt=await service.receipt_writer(rt, c))
+    return await service.authorise(rt, consent_id=consent_id, token=body.model_dump(), receipt=await service.receipt_writer(rt, c, base_url=str(request.base_url)))
 
 
 @router.post("/{consent_id}/reject", response_model=Consent)
@@ -259,31 +259,33 @@ def _is_running(c: PullConsumer) -> Callable[[], bool]:
 
 
 class Sweeper:
-    """Every ``consent_sweep_interval_s``: expires consents that are due and abandoned requests, and revokes
-    at the holders the tokens of ended consents (RFC 7009). Errors are logged, the loop goes on."""
+    """Every ``consent_sweep_interval_s``: expires consents that are due and abandoned requests; and,
+    in a loop of its own (a slow holder must not hold up expiries), revokes at the holders the tokens of
+    ended consents (RFC 7009). Errors are logged, the loops go on."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._run(lambda: service.expire_due(self.rt))),
+                       asyncio.create_task(self._run(lambda: service.revoke_tokens_due(self.rt)))]
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in self._tasks:  # a revocation in progress is retried by the next process (it stays queued)
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self) -> None:
+    async def _run(self, sweep: Callable[[], Awaitable[Any]]) -> None:
         while not self._stopping.is_set():
             try:
-                await service.expire_due(self.rt)
-                await service.revoke_tokens_due(self.rt)
+                await sweep()
             except Exception:  # noqa: BLE001 - a sweep that fails is tried again next time
                 logging.getLogger("consent.sweep").exception("consent sweep failed")
             try:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from shared.errors import Forbidden, Unavailable, Unprocessable
+from shared.errors import Forbidden, InvalidInput, Unavailable, Unprocessable
 from shared.settings import Settings
+from shared.urlguard import check_address, check_url
 
 METADATA_TTL_S = 300.0
+WELL_KNOWN = "/.well-known/oauth-authorization-server"
 HTTP_TIMEOUT_S = 15.0
 _metadata_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -38,8 +41,14 @@ class HolderAuthError(Exception):
 
 
 def client_credentials(settings: Settings, holder_id: str) -> tuple[str, str]:
-    """``(client_id, client_secret)`` of the broker at this holder."""
+    """``(client_id, client_secret)`` of the broker at this holder.
+
+    Outside development every holder must have its own entry in ``HOLDER_CLIENTS``: a secret shared by all
+    holders would be sent to every holder's token endpoint, so any holder could redeem codes at another
+    (the OAuth mix-up attack). Raises Unprocessable when there is none."""
     own = settings.holder_clients.get(holder_id) or {}
+    if not own and settings.environment != "development":
+        raise Unprocessable(f"the broker has no client credentials at holder {holder_id} (HOLDER_CLIENTS)", field="holder_id")
     return own.get("client_id", settings.holder_client_id), own.get("client_secret", settings.holder_client_secret)
 
 
@@ -50,12 +59,30 @@ def metadata_url(holder: dict[str, Any]) -> str:
     base = holder.get("export_base_url")
     if not base:
         raise Unprocessable(f"holder {holder.get('id')} has no authorization server in the registry", field="holder_id")
-    return f"{str(base).rstrip('/')}/.well-known/oauth-authorization-server"
+    return f"{str(base).rstrip('/')}{WELL_KNOWN}"
 
 
-async def metadata(holder: dict[str, Any]) -> dict[str, Any]:
+async def _check_endpoints(holder: dict[str, Any], doc: dict[str, Any], url: str, *, development: bool) -> None:
+    """RFC 8414 section 3.3: the ``issuer`` is the one the metadata URL was built from; and the endpoints the
+    broker will call or send people to pass the SSRF guard of the holder's registry entry."""
+    expected = url[: -len(WELL_KNOWN)].rstrip("/") if url.endswith(WELL_KNOWN) else None
+    if expected is not None and str(doc.get("issuer", "")).rstrip("/") != expected:
+        raise Unavailable(f"the holder's metadata names issuer {str(doc.get('issuer'))[:200]!r}, not {expected!r} (RFC 8414 section 3.3)")
+    for field in ("authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+        if not doc.get(field):
+            continue
+        try:
+            check_url(str(doc[field]), field, development=development)
+            if not holder.get("allow_private_network"):
+                await check_address(str(urlsplit(str(doc[field])).hostname), field)
+        except InvalidInput as exc:
+            raise Unavailable(f"the holder's metadata is refused: {exc.detail}") from None
+
+
+async def metadata(holder: dict[str, Any], *, development: bool = True) -> dict[str, Any]:
     """The holder's authorization server metadata (RFC 8414 section 3.2); needs at least
-    ``authorization_endpoint`` and ``token_endpoint``. Raises Unavailable if it cannot be read."""
+    ``authorization_endpoint`` and ``token_endpoint``, an ``issuer`` matching the metadata URL and endpoints
+    that pass the SSRF guard. Raises Unavailable if it cannot be read or is refused."""
     url = metadata_url(holder)
     hit = _metadata_cache.get(url)
     if hit and hit[0] > time.monotonic():
@@ -70,6 +97,7 @@ async def metadata(holder: dict[str, Any]) -> dict[str, Any]:
         raise Unavailable(f"the holder's authorization server metadata at {url} is unusable (HTTP {resp.status_code})")
     if "S256" not in doc.get("code_challenge_methods_supported", ["S256"]):
         raise Unprocessable("the holder's authorization server does not support PKCE S256", field="holder_id")
+    await _check_endpoints(holder, doc, url, development=development)
     _metadata_cache[url] = (time.monotonic() + METADATA_TTL_S, doc)
     return doc
 
@@ -77,7 +105,7 @@ async def metadata(holder: dict[str, Any]) -> dict[str, Any]:
 async def authorization_url(settings: Settings, holder: dict[str, Any], *, redirect_uri: str, scope: list[str],
                             login_hint: str | None = None) -> tuple[str, str, str]:
     """Where to send the person: ``(url, state, code_verifier)`` (RFC 6749 section 4.1.1 with RFC 7636 S256)."""
-    meta = await metadata(holder)
+    meta = await metadata(holder, development=settings.environment == "development")
     verifier = generate_token(64)
     state = generate_token(32)
     client_id, _ = client_credentials(settings, str(holder["id"]))
@@ -117,7 +145,7 @@ async def exchange_code(settings: Settings, holder: dict[str, Any], *, code: str
 
     Returns the token response (``access_token``, ``refresh_token``, ``expires_in``, ``scope``, ``sub``).
     Raises HolderAuthError (refused) or Unavailable (unreachable)."""
-    meta = await metadata(holder)
+    meta = await metadata(holder, development=settings.environment == "development")
     return await _token_request(settings, holder, meta["token_endpoint"], {
         "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": code_verifier})
 
@@ -127,7 +155,7 @@ async def refresh(settings: Settings, holder: dict[str, Any], *, refresh_token: 
     Unavailable when it cannot be reached."""
     token_url = holder.get("oauth_token_url")
     try:
-        token_url = (await metadata(holder))["token_endpoint"]
+        token_url = (await metadata(holder, development=settings.environment == "development"))["token_endpoint"]
     except (Unavailable, Unprocessable):
         if not token_url:
             raise Forbidden(f"holder {holder['id']} has no token endpoint in the registry", reason="refresh_refused") from None
@@ -141,7 +169,7 @@ async def revoke(settings: Settings, holder: dict[str, Any], *, token: dict[str,
     """Revoke the consent's refresh and access tokens at the holder (RFC 7009 section 2.1). A holder
     without a revocation endpoint has nothing to call. Raises Unavailable to be retried later."""
     try:
-        meta = await metadata(holder)
+        meta = await metadata(holder, development=settings.environment == "development")
     except Unprocessable:
         return
     url = meta.get("revocation_endpoint")
@@ -175,3 +203,12 @@ async def check_grant(holder: dict[str, Any], *, access_token: str) -> str:
     if resp.status_code in (401, 403, 404):
         return "holder_lost_consent"
     return "unreachable"
+
+
+def check_issuer_parameter(meta: dict[str, Any], iss: str | None) -> None:
+    """RFC 9207: when the holder's server says it sends ``iss`` in its authorization responses, the
+    callback's ``iss`` must be its issuer (a response from another server is a mix-up). Raises HolderAuthError."""
+    if iss is None and not meta.get("authorization_response_iss_parameter_supported"):
+        return
+    if str(iss or "").rstrip("/") != str(meta.get("issuer", "")).rstrip("/"):
+        raise HolderAuthError("invalid_issuer", "the authorization response came from another server (RFC 9207)")

@@ -15,6 +15,7 @@ as the ``Idempotency-Key`` header (a redelivered notification carries the same o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from . import receipts
 log = logging.getLogger("consent.notify")
 NOTIFIED = frozenset({"authorised", "rejected", "revoked", "expired", "consumed", "superseded"})
 EVENT_URI = "https://portability-broker.example/events/consent-"
+CALL_DEADLINE_S = 10.0
 _meter = telemetry.meter()
 NOTIFICATIONS = _meter.create_counter("consent_notifications", description="consent notifications sent, by party role and outcome")
 
@@ -73,9 +75,10 @@ def consumer(rt: Runtime, role: str) -> PullConsumer:
         delay = min(2.0 ** min(delivery.number, 9), 300.0)
         try:
             async with httpx.AsyncClient(timeout=10) as client:
-                resp = await client.post(str(url), content=token, headers={"Content-Type": "application/secevent+jwt",
-                                                                           "Idempotency-Key": payload["jti"]})
-        except httpx.HTTPError as exc:
+                # a total deadline: a party that answers one byte at a time must not hold the others' notifications
+                resp = await asyncio.wait_for(client.post(str(url), content=token, headers={
+                    "Content-Type": "application/secevent+jwt", "Idempotency-Key": payload["jti"]}), timeout=CALL_DEADLINE_S)
+        except (httpx.HTTPError, TimeoutError) as exc:
             NOTIFICATIONS.add(1, {"role": role, "outcome": "unreachable"})
             raise Retry(f"{role} {party['id']} unreachable: {type(exc).__name__}", delay=delay) from None
         if not resp.is_success:

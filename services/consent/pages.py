@@ -44,6 +44,8 @@ DEFAULT_LANG = "en"
 _env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 
 router = APIRouter(include_in_schema=False)
+ANONYMOUS_SESSION_TTL_S = 1800
+PENDING_REVOCATION_DELAY_S = 60.0  # fresh holder tokens are revoked after this unless the consent took them
 
 
 def _rt(request: Request) -> Runtime:
@@ -123,8 +125,9 @@ async def _ensure_session(request: Request, response: Response | None = None) ->
         return row, None
     sid = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
+    # an anonymous session (a screen opened, nobody signed in yet) lives half an hour at most
     values = {"id_hash": _sha(sid), "identities": [], "csrf": secrets.token_urlsafe(24), "created_at": now,
-              "expires_at": now + timedelta(seconds=_rt(request).settings.session_ttl_s)}
+              "expires_at": now + timedelta(seconds=min(ANONYMOUS_SESSION_TTL_S, _rt(request).settings.session_ttl_s))}
     async with _rt(request).db.unit_of_work() as s:
         await s.execute(models.web_sessions.delete().where(models.web_sessions.c.expires_at <= now))
         await s.execute(models.web_sessions.insert().values(**values))
@@ -191,9 +194,12 @@ async def _dataset_title(rt: Runtime, ds: str) -> str:
         return ds
 
 
+def _public_base(request: Request) -> str:
+    return (_rt(request).settings.public_url or str(request.base_url)).rstrip("/")
+
+
 def _callback_url(request: Request) -> str:
-    base = _rt(request).settings.public_url or str(request.base_url)
-    return f"{base.rstrip('/')}/oauth/callback"
+    return f"{_public_base(request)}/oauth/callback"
 
 
 def _date(value: str | None, lang: str) -> str:
@@ -201,6 +207,16 @@ def _date(value: str | None, lang: str) -> str:
         return ""
     d = datetime.fromisoformat(value)
     return d.strftime("%d/%m/%Y") if lang == "fr" else d.strftime("%Y-%m-%d")
+
+
+def _date_time(value: str | None, lang: str) -> str:
+    if not value:
+        return ""
+    try:
+        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return d.strftime("%d/%m/%Y %H:%M UTC") if lang == "fr" else d.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _frequency_words(freq: str, lang: str) -> str:
@@ -307,12 +323,13 @@ async def _take_flow(rt: Runtime, state: str, session: Any) -> tuple[Any, str] |
         row = (await s.execute(select(t).where(t.c.state_hash == h))).first()
         if row is None or row.used_at is not None:
             return None
+        # another browser replaying the callback must not spend the flow of the one that started it
+        if session is None or not hmac.compare_digest(str(row.session_hash or ""), str(session.id_hash)):
+            return None
         res = await s.execute(t.update().where(t.c.state_hash == h).where(t.c.used_at.is_(None)).values(used_at=now))
         if res.rowcount != 1:
             return None
     if service._aware(row.created_at) < now - timedelta(seconds=rt.settings.consent_request_ttl_s):
-        return None
-    if session is None or not hmac.compare_digest(str(row.session_hash or ""), str(session.id_hash)):
         return None
     verifier = SecretBox(rt.settings.token_encryption_key).open(row.verifier_sealed, aad=h)["v"]
     return row, verifier
@@ -320,7 +337,8 @@ async def _take_flow(rt: Runtime, state: str, session: Any) -> tuple[Any, str] |
 
 @router.get("/oauth/callback", response_class=HTMLResponse)
 async def oauth_callback(request: Request, state: str = Query("", max_length=200), code: str | None = Query(None, max_length=2048),
-                         error: str | None = Query(None, max_length=100), error_description: str | None = Query(None, max_length=500)) -> Response:
+                         error: str | None = Query(None, max_length=100), error_description: str | None = Query(None, max_length=500),
+                         iss: str | None = Query(None, max_length=500)) -> Response:
     """The holder's authorization server sends the person back here (RFC 6749 section 4.1.2)."""
     rt = _rt(request)
     t = _translator(_lang(request))
@@ -338,29 +356,30 @@ async def oauth_callback(request: Request, state: str = Query("", max_length=200
     if flow.consent_id:
         await service.set_flow_step(rt, consent_id=flow.consent_id, step="callback")
     try:
+        meta = await holder_oauth.metadata(holder, development=rt.settings.environment == "development")
+        holder_oauth.check_issuer_parameter(meta, iss)
         token = await holder_oauth.exchange_code(rt.settings, holder, code=code, redirect_uri=flow.redirect_uri, code_verifier=verifier)
     except HolderAuthError as exc:
         return _message(request, 400, "error_title", t("holder_refused", holder=holder_name, error=exc.error), link=back, link_text=t("title_screen"))
     except Unavailable:
         return _message(request, 502, "error_title", t("holder_down", holder=holder_name), link=back, link_text=t("title_screen"))
+    # queued at once, so that a crash from here on cannot leave live tokens behind; authorise() takes it back
+    pending = await service.queue_token_revocation(rt, consent_id=flow.consent_id or f"login:{flow.state_hash[:16]}",
+                                                   holder_id=flow.holder_id, token=token, delay_s=PENDING_REVOCATION_DELAY_S)
     sub = str(token.get("sub") or "")[:128]
     if not sub:
         # without the holder saying who logged in, nobody could later see or revoke the consent on the dashboard
-        await service.queue_token_revocation(rt, consent_id=flow.consent_id or f"login:{flow.state_hash[:16]}", holder_id=flow.holder_id,
-                                             token=token)
         return _message(request, 502, "error_title", t("holder_refused", holder=holder_name, error="no subject (sub) in the token response"),
                         link=back, link_text=t("title_screen"))
-    if flow.kind == "login":
-        await service.queue_token_revocation(rt, consent_id=f"login:{flow.state_hash[:16]}", holder_id=flow.holder_id, token=token)
+    if flow.kind == "login":  # the tokens only proved who logged in: they stay queued for revocation
         return _set_cookie(request, RedirectResponse("/me", status_code=303), await _sign_in(request, session, (flow.holder_id, sub)))
     assert flow.consent_id is not None
     c = await service.get_consent(rt, consent_id=flow.consent_id)
     try:
-        c = await service.authorise(rt, consent_id=flow.consent_id, token=token, holder_subject=sub,
-                                    receipt=await service.receipt_writer(rt, c))
+        c = await service.authorise(rt, consent_id=flow.consent_id, token=token, holder_subject=sub, pending_revocation=pending,
+                                    receipt=await service.receipt_writer(rt, c, base_url=_public_base(request)))
     except Conflict as exc:
-        # a second Allow that finished later, or a consent that changed meanwhile: the new token is not kept
-        await service.queue_token_revocation(rt, consent_id=flow.consent_id, holder_id=flow.holder_id, token=token)
+        # a second Allow that finished later, or a consent that changed meanwhile: the new token stays queued for revocation
         return _message(request, 409, "title_screen", t("already", status=t(f"status_{exc.extra.get('current_status')}")),
                         link="/me", link_text=t("dashboard"))
     sid = await _sign_in(request, session, (flow.holder_id, sub))
@@ -394,8 +413,13 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
         for ds in c["datasets"]:
             if ds not in titles:
                 titles[ds] = await _dataset_title(rt, ds)
+        trs = transfers.get(c["id"], [])
+        for tr in trs:
+            if tr.get("dataset") and tr["dataset"] not in titles:
+                titles[tr["dataset"]] = await _dataset_title(rt, tr["dataset"])
+            tr.update(time_text=_date_time(tr.get("time"), lang), dataset_title=titles.get(tr.get("dataset") or "", tr.get("dataset")))
         c.update(holder_name=names[c["holder_id"]], recipient_name=names[c["recipient_id"]], dataset_titles=[titles[d] for d in c["datasets"]],
-                 expires=_date(c["expires_at"], lang), transfers=transfers.get(c["id"], []), has_receipt=c["id"] in with_receipt)
+                 expires=_date(c["expires_at"], lang), transfers=trs, has_receipt=c["id"] in with_receipt)
     active = [c for c in consents if c["status"] in ("authorised", "requested")]
     past = [c for c in consents if c["status"] not in ("authorised", "requested")]
     flash = None
@@ -430,19 +454,27 @@ async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("
 
 @router.get("/me/consents/{consent_id}/receipt")
 async def dashboard_receipt(consent_id: str, request: Request) -> Response:
-    """The person's own consent receipt (JSON: the compact JWS and its payload); 403 for someone else's."""
+    """The person's own consent receipt: a page (or, with ``Accept: application/json``, the compact JWS and
+    its payload); 403 for someone else's."""
     from fastapi.responses import JSONResponse
 
     rt = _rt(request)
     session = await _session(request)
+    t = _translator(_lang(request))
     try:
         c = await service.get_consent(rt, consent_id=consent_id)
         if not _owns(session, c):
-            return JSONResponse({"title": "Forbidden", "status": 403, "detail": "not one of your consents"}, status_code=403,
-                                media_type="application/problem+json")
-        return JSONResponse(await service.get_receipt(rt, consent_id=consent_id), headers={"Cache-Control": "no-store"})
-    except NotFound as exc:
-        return JSONResponse(exc.to_problem(), status_code=404, media_type="application/problem+json")
+            return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+        rec = await service.get_receipt(rt, consent_id=consent_id)
+    except NotFound:
+        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(rec, headers={"Cache-Control": "no-store"})
+    issued = rec["payload"].get("iat")
+    return _render(request, "receipt.html", title=t("receipt"), payload=rec["payload"], jws=rec["jws"], log_index=rec["log_index"],
+                   consent=c, holder_name=await _name(rt, c["holder_id"]), recipient_name=await _name(rt, c["recipient_id"]),
+                   dataset_titles=[await _dataset_title(rt, d) for d in c["datasets"]],
+                   issued=_date_time(datetime.fromtimestamp(int(issued), UTC).isoformat(), _lang(request)) if issued else "")
 
 
 @router.get("/me/login", response_class=HTMLResponse)
@@ -457,7 +489,9 @@ async def dashboard_login(request: Request, holder_id: str = Query(min_length=1,
     except NotFound:
         return _message(request, 404, "error_title", t("not_found"))
     redirect_uri = _callback_url(request)
-    scope = list(holder.get("datasets_offered") or [])[:1]
+    # a scope the holder's authorization server knows: a dataset consents asked it for (the token is revoked at once)
+    known = await service.a_dataset_of_holder(rt, holder_id=holder_id)
+    scope = [known] if known else list(holder.get("datasets_offered") or [])[:1]
     try:
         url, state, verifier = await holder_oauth.authorization_url(rt.settings, holder, redirect_uri=redirect_uri, scope=scope)
     except BrokerError:

@@ -8,17 +8,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Ident = Field(min_length=1, max_length=128)
+# no NUL nor other control characters (tab and newline aside), nor bidirectional overrides that would make
+# a purpose read differently on the consent screen than it is
+NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]+$"
 
 
 class ConsentRequest(BaseModel):
     """A data recipient asks for a consent: who, from whom, what, why, how long."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    data_subject: str = Field(min_length=1, max_length=128, description="the person's id at the broker")
+    data_subject: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
+                              description="the person's id at the recipient (a label: the holder login proves who the person is)")
     holder_id: str = Field(min_length=1, max_length=64)
     recipient_id: str = Field(min_length=1, max_length=64)
     datasets: list[str] = Field(min_length=1, max_length=20)
-    purpose: str = Field(min_length=1, max_length=1000)
+    purpose: str = Field(min_length=1, max_length=1000, pattern=NO_CONTROL, description="in plain words, shown to the person")
     duration_days: int = Field(default=90, ge=1, le=1095, description="validity in days (capped by the broker's maximum)")
     one_off: bool = True
     frequency: str | None = Field(default=None, max_length=32, pattern=r"^P(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$",
@@ -35,7 +39,7 @@ class Amendment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     datasets: list[str] | None = Field(default=None, min_length=1, max_length=20)
-    purpose: str | None = Field(default=None, min_length=1, max_length=1000)
+    purpose: str | None = Field(default=None, min_length=1, max_length=1000, pattern=NO_CONTROL)
     purpose_category: str | None = Field(default=None, max_length=200, pattern=r"^(dpv:[A-Za-z]+|https://w3id\.org/dpv[#/][A-Za-z#/]+)$")
     duration_days: int | None = Field(default=None, ge=1, le=1095)
     data_from: date | None = Field(default=None, strict=False)

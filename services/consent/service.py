@@ -244,7 +244,7 @@ async def _queue_token_revocation(s: Any, *, consent_id: str, holder_id: str, no
 
 
 async def authorise(rt: Runtime, *, consent_id: str, token: dict[str, Any], holder_subject: str | None = None,
-                    receipt: Any = None) -> dict[str, Any]:
+                    receipt: Any = None, pending_revocation: int | None = None) -> dict[str, Any]:
     """``requested -> authorised`` with the data holder's tokens, sealed at rest (AES-GCM, never returned).
 
     In the same transaction: the consent it amends (``supersedes``) becomes ``superseded``, and
@@ -259,6 +259,8 @@ async def authorise(rt: Runtime, *, consent_id: str, token: dict[str, Any], hold
         await s.execute(models.holder_tokens.insert().values(consent_id=consent_id, sealed=box.seal(stored, aad=consent_id), expires_at=expires_at))
         if holder_subject is not None:
             await s.execute(models.consents.update().where(models.consents.c.id == consent_id).values(holder_subject=holder_subject[:128]))
+        if pending_revocation is not None:  # the tokens are kept now: no longer to be revoked
+            await s.execute(models.token_revocations.delete().where(models.token_revocations.c.id == pending_revocation))
 
     async def after(s: Any, consent: dict[str, Any]) -> None:
         if consent.get("supersedes"):
@@ -488,13 +490,17 @@ async def erase_subject_secret(rt: Runtime, *, data_subject: str) -> None:
 
 # ---- token revocation at the holder (RFC 7009), receipts, what the dashboard shows --------------------
 
-async def queue_token_revocation(rt: Runtime, *, consent_id: str, holder_id: str, token: dict[str, Any]) -> None:
-    """Queue tokens the broker will not keep (a replayed Allow, a dashboard sign-in) for revocation at the holder."""
+async def queue_token_revocation(rt: Runtime, *, consent_id: str, holder_id: str, token: dict[str, Any], delay_s: float = 0.0) -> int:
+    """Queue tokens for revocation at the holder (RFC 7009): tokens the broker will not keep (a replayed
+    Allow, a dashboard sign-in), and fresh tokens until :func:`authorise` takes them back (``pending_revocation``),
+    so that a crash in between leaves no live token behind. Returns the queue entry's id."""
     box = SecretBox(rt.settings.token_encryption_key)
     async with rt.db.unit_of_work() as s:
-        await s.execute(models.token_revocations.insert().values(
-            consent_id=consent_id, holder_id=holder_id, attempts=0, next_attempt_at=datetime.now(UTC),
-            sealed=box.seal({k: token.get(k) for k in ("access_token", "refresh_token")}, aad=consent_id)))
+        res = await s.execute(models.token_revocations.insert().values(
+            consent_id=consent_id, holder_id=holder_id, attempts=0, next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay_s),
+            sealed=box.seal({k: token.get(k) for k in ("access_token", "refresh_token")}, aad=consent_id))
+            .returning(models.token_revocations.c.id))
+        return int(res.scalar_one())
 
 
 async def revoke_tokens_due(rt: Runtime, *, limit: int = 50) -> int:
@@ -514,8 +520,12 @@ async def revoke_tokens_due(rt: Runtime, *, limit: int = 50) -> int:
         try:
             if row.holder_id not in holders:
                 holders[row.holder_id] = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": row.holder_id})
-            await holder_oauth.revoke(rt.settings, holders[row.holder_id], token=box.open(row.sealed, aad=row.consent_id))
-        except (Unavailable, NotFound) as exc:
+            # a total deadline: one holder answering slowly must not hold up the others, nor the expiry sweep
+            await asyncio.wait_for(holder_oauth.revoke(rt.settings, holders[row.holder_id], token=box.open(row.sealed, aad=row.consent_id)),
+                                   timeout=15.0)
+        except (Unavailable, NotFound, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                exc = Unavailable("the holder's revocation endpoint did not answer in time")
             if row.attempts + 1 < 20 and not isinstance(exc, NotFound):
                 delay = min(3600.0, 2.0 ** row.attempts)
                 async with rt.db.unit_of_work() as s:
@@ -528,10 +538,11 @@ async def revoke_tokens_due(rt: Runtime, *, limit: int = 50) -> int:
     return done
 
 
-async def receipt_writer(rt: Runtime, consent: dict[str, Any]) -> Any:
+async def receipt_writer(rt: Runtime, consent: dict[str, Any], *, base_url: str | None = None) -> Any:
     """A hook for :func:`authorise`: signs the consent's Kantara receipt (it carries the log index of the
     ``authorised`` entry) and stores it in the same transaction. Participants are read from the registry
-    beforehand, outside the transaction."""
+    beforehand, outside the transaction. ``base_url``: the consent service as the person reaches it
+    (``PUBLIC_URL``, else the request's), for the receipt's links."""
     from . import receipts
 
     holder = await rt.require_bus().request(subjects.REGISTRY_PARTICIPANT_GET, {"participant_id": consent["holder_id"]})
@@ -541,16 +552,16 @@ async def receipt_writer(rt: Runtime, consent: dict[str, Any]) -> Any:
     async def write(s: Any, authorised: dict[str, Any]) -> None:
         now = datetime.now(UTC)
         payload = receipts.kantara_receipt(authorised | {"consented_at": now.isoformat()}, holder=holder, recipient=recipient,
-                                           broker=broker_identity(rt), issued_at=now, signer=signer, consented_at=now)
+                                           broker=broker_identity(rt, base_url), issued_at=now, signer=signer, consented_at=now)
         jws = receipts.sign_receipt(payload, signer)
         await s.execute(models.receipts.insert().values(consent_id=authorised["id"], log_index=authorised["log_index"], jws=jws, created_at=now))
 
     return write
 
 
-def broker_identity(rt: Runtime) -> dict[str, Any]:
-    """The broker as it names itself in receipts."""
-    base = (rt.settings.public_url or "http://127.0.0.1").rstrip("/")
+def broker_identity(rt: Runtime, base_url: str | None = None) -> dict[str, Any]:
+    """The broker as it names itself in receipts: its issuer URL and where the person manages consents."""
+    base = (rt.settings.public_url or base_url or "http://127.0.0.1").rstrip("/")
     return {"name": "Portability broker", "issuer": base, "policy_url": f"{base}/me", "manage_url": f"{base}/me"}
 
 
@@ -595,6 +606,14 @@ async def transfers_by_consent(rt: Runtime, *, consent_ids: list[str]) -> dict[s
         out.setdefault(row.consent_id, []).append({"transfer_id": e.get("transfer_id"), "dataset": e.get("dataset"),
                                                    "records": e.get("records"), "status": e.get("status"), "time": e.get("time")})
     return out
+
+
+async def a_dataset_of_holder(rt: Runtime, *, holder_id: str) -> str | None:
+    """A dataset some consent asked this holder for (a scope its authorization server knows), or None."""
+    async with rt.db.sessions() as s:
+        row = (await s.execute(select(models.consents.c.datasets).where(models.consents.c.holder_id == holder_id)
+                               .order_by(models.consents.c.created_at.desc()).limit(1))).first()
+    return str(row.datasets[0]) if row and row.datasets else None
 
 
 async def known_holders(rt: Runtime) -> list[str]:

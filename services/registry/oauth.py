@@ -447,7 +447,12 @@ class Authority:
                                     .order_by(t.c.revoked_at.desc()).limit(MAX_REVOKED_IN_REPLY))).all()
         revoked = [{"jti": r.jti, "exp": int((r.expires_at if r.expires_at.tzinfo else r.expires_at.replace(tzinfo=UTC)).timestamp())}
                    for r in rows]
-        return {"issuer": self.issuer, "keys": self.jwks()["keys"], "revoked": revoked}
+        # participants not active: their tokens already issued stop working in every verifier, including one
+        # that starts after the suspension (it never saw the event)
+        p = models.participants
+        async with self.rt.db.sessions() as s:
+            inactive = sorted((await s.execute(select(p.c.id).where(p.c.status != "active").limit(MAX_REVOKED_IN_REPLY))).scalars())
+        return {"issuer": self.issuer, "keys": self.jwks()["keys"], "revoked": revoked, "inactive": inactive}
 
     def token_verifier(self) -> auth.TokenVerifier:
         """A :class:`~shared.auth.TokenVerifier` for this registry's own routes: fed here, without NATS."""

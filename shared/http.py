@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from .redact import redact
 import logging
@@ -13,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import BrokerError
+from .errors import BrokerError, InvalidInput
 
 log = logging.getLogger("shared.http")
 
@@ -75,6 +76,61 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 class BodyTooLarge(Exception):
     pass
+
+
+_NUL = re.compile(rb"\\u0000")
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+class TextGuardMiddleware:
+    """Refuse, with a 400 problem, requests whose JSON body, path or query carry a NUL character or a lone
+    UTF-16 surrogate: no database stores them (PostgreSQL refuses NUL in text, neither encodes a lone
+    surrogate), so they would otherwise end in a 500. Sits inside :class:`BodyLimitMiddleware` (bodies are
+    bounded before they are read here)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if b"%00" in scope.get("query_string", b"") or b"\x00" in scope.get("path", "").encode("utf-8", "surrogatepass"):
+            await self._refuse(send)
+            return
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+        if b"json" not in content_type:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # a disconnect: let the app see it
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if b"\x00" in body or _NUL.search(body) or _LONE_SURROGATE.search(body):
+            await self._refuse(send)
+            return
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(InvalidInput("NUL characters and lone UTF-16 surrogates are not accepted").to_problem()).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:

@@ -20,7 +20,7 @@ from . import migrations, natsauth, telemetry
 from .auth import ADMIN, REGULATOR, TokenVerifier, install_bearer_errors, requires
 from .bus import Bus
 from .db import Database
-from .http import BodyLimitMiddleware, install_problem_handlers, setup_logging
+from .http import BodyLimitMiddleware, TextGuardMiddleware, install_problem_handlers, setup_logging
 from .outbox import OutboxRelay
 from .settings import Settings
 from .subjects import ALL_STREAMS
@@ -128,6 +128,7 @@ def build_app(
     telemetry.instrument_app(app)
     install_problem_handlers(app)
     install_bearer_errors(app)
+    app.add_middleware(TextGuardMiddleware)  # inside the body limit (the last added runs first)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_request_bytes)
 
     @app.get("/healthz", tags=["health"])

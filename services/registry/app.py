@@ -41,6 +41,7 @@ def _cacheable(request: Request, body: Any, model: Any) -> Response:
 async def create_participant(body: ParticipantCreate, request: Request) -> Any:
     """Register a data holder and/or data recipient. 409 if the id is taken."""
     out, _ = await service.register_participant(_rt(request), body=body.model_dump())
+    oauth.authority_for(_rt(request)).forget_keys(out.get("jwks_uri"))
     return out
 
 
@@ -49,6 +50,8 @@ async def put_participant(body: ParticipantIn, request: Request, response: Respo
                           participant_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")) -> Any:
     """Create or replace the participant ``participant_id`` (its status is kept)."""
     out, created = await service.register_participant(_rt(request), body=body.model_dump(), participant_id=participant_id, replace=True)
+    # saving the entry again makes a key removed from its jwks_uri refused at once, not after the cache time
+    oauth.authority_for(_rt(request)).forget_keys(out.get("jwks_uri"))
     response.status_code = 201 if created else 200
     return out
 

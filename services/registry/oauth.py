@@ -439,6 +439,11 @@ class Authority:
             v.revoke(jti, exp)
         self.rt.events_committed()
 
+    def forget_keys(self, jwks_uri: str | None) -> None:
+        """Drop the cached keys of a ``jwks_uri`` (its participant's entry changed: a key may have been revoked)."""
+        if jwks_uri:
+            self._jwks_cache.pop(jwks_uri, None)
+
     async def verification_material(self) -> dict[str, Any]:
         """The answer of ``registry.oauth.jwks``: the issuer, the public keys and the revoked, unexpired token ids."""
         t = models.oauth_revoked_tokens

@@ -383,3 +383,22 @@ def test_consent_fields_and_the_holders_cap(c: httpx.Client, fl: Stack) -> None:
 def _payload(jws: str) -> dict[str, Any]:
     part = jws.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+def test_signing_in_again_through_the_holder_shows_that_customers_consents(c: httpx.Client, fl: Stack, customer: str) -> None:
+    cons = ask(c, fl, "flow-sam")
+    allow_through_pages(fl, cons["id"], customer=customer).close()
+    with httpx.Client(timeout=30) as browser:  # another day, another browser
+        page = browser.get(f"{fl.url('consent')}/me")
+        assert "Sign in with" in page.text and f"/me/login?holder_id={HOLDER_ID}" in page.text
+        r = browser.get(f"{fl.url('consent')}/me/login", params={"holder_id": HOLDER_ID})
+        assert r.status_code == 303
+        back = holder_login(browser, str(r.headers["location"]), customer)
+        r = browser.get(back)
+        assert r.status_code == 303 and r.headers["location"] == "/me"
+        page = browser.get(f"{fl.url('consent')}/me")
+        assert f'id="consent-{cons["id"]}"' in page.text
+    with httpx.Client(timeout=30) as other:  # somebody else, signed in as another customer, does not see it
+        r = other.get(f"{fl.url('consent')}/me/login", params={"holder_id": HOLDER_ID})
+        other.get(holder_login(other, str(r.headers["location"]), OTHER_CUSTOMER))
+        assert f'id="consent-{cons["id"]}"' not in other.get(f"{fl.url('consent')}/me").text

@@ -166,7 +166,7 @@ def test_http_limits_and_odd_input(client: httpx.Client, stack: Stack) -> None:
         assert r.status_code == 400, (url, r.text)
     for pid in ("a" * 65, "a%00b", "été"):
         r = client.put(f"{stack.url('registry')}/participants/{pid}", json={"name": "x", "roles": ["recipient"], "import_base_url": "http://x.example"})
-        assert r.status_code == 422, (pid, r.text)
+        assert r.status_code == (400 if "%00" in pid else 422), (pid, r.text)  # NUL: refused at the HTTP edge
     r = client.post(f"{stack.url('consent')}/consents", json={"data_subject": "s", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
                                                            "datasets": ["enedis.v5.daily_consumption"], "purpose": "p", "duration_days": True})
     assert r.status_code == 422

@@ -103,11 +103,9 @@ def build_app(
     async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         verifier: TokenVerifier = app_.state.token_verifier
-        started_verifier = getattr(app_.state, "start_token_verifier", True)
-        if started_verifier:
-            # a verifier fed locally (the registry's own) needs no NATS subscription
-            local = getattr(app_.state, "token_verifier_local", False)
-            await verifier.start(None if local else runtime.require_bus())
+        # a verifier fed locally (the registry's own) needs no NATS subscription
+        local = getattr(app_.state, "token_verifier_local", False)
+        await verifier.start(None if local else runtime.require_bus())
         runtime.ready_checks.setdefault("token_keys", lambda: verifier.ready)
         if on_start:
             await on_start(runtime)
@@ -116,8 +114,7 @@ def build_app(
         finally:
             if on_stop:
                 await on_stop(runtime)
-            if started_verifier:
-                await verifier.stop()
+            await verifier.stop()
             await runtime.stop()
 
     telemetry.setup(runtime.name)

@@ -21,7 +21,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "superseded": frozenset(),
 }
 
-LIVE = frozenset({"requested", "authorised"})
 ENDED = frozenset({"rejected", "revoked", "expired", "consumed", "superseded"})
 
 STATES = frozenset(TRANSITIONS)

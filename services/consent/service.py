@@ -156,14 +156,12 @@ def _date(value: Any) -> date | None:
 AMENDABLE = ("datasets", "purpose", "purpose_category", "duration_days", "one_off", "frequency", "data_from", "data_to")
 
 
-async def amend(rt: Runtime, *, consent_id: str, changes: dict[str, Any], actor: str | None = None) -> dict[str, Any]:
+async def amend(rt: Runtime, *, consent_id: str, changes: dict[str, Any]) -> dict[str, Any]:
     """Ask for an amended consent that replaces the authorised consent ``consent_id``: a new consent in
     ``requested`` with ``supersedes`` set. When the person authorises it, the old one becomes
-    ``superseded`` (with ``superseded_by``) in the same transaction. 409 unless the old one is authorised;
-    403 if ``actor`` (a recipient) is not its recipient."""
+    ``superseded`` (with ``superseded_by``) in the same transaction. 409 unless the old one is authorised
+    (who may ask is the HTTP route's business: its recipient or an admin)."""
     old = await get_consent(rt, consent_id=consent_id)
-    if actor is not None and actor != old["recipient_id"]:
-        raise Forbidden(f"consent {consent_id} is not one of yours", reason="not_a_party")
     if old["status"] != "authorised":
         raise Conflict(f"consent {consent_id} is {old['status']}; only an authorised consent can be amended", current_status=old["status"])
     body = {k: old[k] for k in ("data_subject", "holder_id", "recipient_id", "datasets", "purpose", "one_off", "frequency",
@@ -291,15 +289,11 @@ async def reject(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
     return await _transition(rt, consent_id=consent_id, target="rejected", reason="rejected by the data subject")
 
 
-async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+async def revoke(rt: Runtime, *, consent_id: str, by: str, reason: str | None = None) -> dict[str, Any]:
     """``authorised -> revoked``; idempotent (revoking a revoked consent returns it unchanged, with no new
-    event: two revocations that cross end in one). ``by`` is data_subject, holder or recipient; ``actor``
-    the participant id of a holder or recipient caller, who may act only on consents it takes part in
-    (403 ``not_a_party`` otherwise, nothing changed). 404 unknown, 409 from another state."""
-    if by in ("holder", "recipient") and actor is not None:
-        c = await get_consent(rt, consent_id=consent_id)
-        if c[f"{by}_id"] != actor:
-            raise Forbidden(f"consent {consent_id} is not one of yours", reason="not_a_party")
+    event: two revocations that cross end in one). ``by`` is data_subject, holder, recipient, registry or
+    an admin's word (who may revoke is checked by the caller: the HTTP route or the dashboard). 404 unknown,
+    409 from another state."""
     return await _transition(rt, consent_id=consent_id, target="revoked", reason=reason or f"revoked by the {by.replace('_', ' ')}",
                              idempotent=True, by=by)
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 
-from shared.auth import ADMIN, requires
+from shared.auth import ADMIN as ADMIN_SCOPE
+from shared.auth import Caller, requires
 from shared.http import PROBLEM_RESPONSES
 from shared.runtime import Runtime, build_app
 from shared.settings import Settings
@@ -15,7 +16,8 @@ from . import handlers, models, oauth, service
 from .schemas import DatasetList, DatasetType, Participant, ParticipantCreate, ParticipantIn, ParticipantList, StatusChange
 
 router = APIRouter(responses=PROBLEM_RESPONSES)
-ADMIN_ONLY = [Depends(requires(ADMIN))]  # registry changes: the broker's operators (scope "admin")
+ADMIN = requires(ADMIN_SCOPE)  # registry changes: the broker's operators; the change history records which one
+ADMIN_ONLY = [Depends(ADMIN)]
 
 
 def _rt(request: Request) -> Runtime:
@@ -37,19 +39,20 @@ def _cacheable(request: Request, body: Any, model: Any) -> Response:
     return Response(payload, media_type="application/json", headers=headers)
 
 
-@router.post("/participants", status_code=201, response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
-async def create_participant(body: ParticipantCreate, request: Request) -> Any:
+@router.post("/participants", status_code=201, response_model=Participant, tags=["participants"])
+async def create_participant(body: ParticipantCreate, request: Request, caller: Caller = Depends(ADMIN)) -> Any:
     """Register a data holder and/or data recipient. 409 if the id is taken."""
-    out, _ = await service.register_participant(_rt(request), body=body.model_dump())
+    out, _ = await service.register_participant(_rt(request), body=body.model_dump(), actor=caller.client_id)
     oauth.authority_for(_rt(request)).forget_keys(out.get("jwks_uri"))
     return out
 
 
-@router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
-async def put_participant(body: ParticipantIn, request: Request, response: Response,
+@router.put("/participants/{participant_id}", response_model=Participant, tags=["participants"])
+async def put_participant(body: ParticipantIn, request: Request, response: Response, caller: Caller = Depends(ADMIN),
                           participant_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")) -> Any:
     """Create or replace the participant ``participant_id`` (its status is kept)."""
-    out, created = await service.register_participant(_rt(request), body=body.model_dump(), participant_id=participant_id, replace=True)
+    out, created = await service.register_participant(_rt(request), body=body.model_dump(), participant_id=participant_id, replace=True,
+                                                          actor=caller.client_id)
     # saving the entry again makes a key removed from its jwks_uri refused at once, not after the cache time
     oauth.authority_for(_rt(request)).forget_keys(out.get("jwks_uri"))
     response.status_code = 201 if created else 200
@@ -74,10 +77,11 @@ async def list_changes(request: Request, target: str | None = Query(None, max_le
     return {"changes": await service.list_changes(_rt(request), target=target, limit=limit, offset=offset)}
 
 
-@router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"], dependencies=ADMIN_ONLY)
-async def change_status(participant_id: str, body: StatusChange, request: Request) -> Any:
+@router.post("/participants/{participant_id}/status", response_model=Participant, tags=["participants"])
+async def change_status(participant_id: str, body: StatusChange, request: Request, caller: Caller = Depends(ADMIN)) -> Any:
     """Set a participant active, suspended or revoked, with a reason."""
-    return await service.set_status(_rt(request), participant_id=participant_id, status=body.status, reason=body.reason)
+    return await service.set_status(_rt(request), participant_id=participant_id, status=body.status, reason=body.reason,
+                                  actor=caller.client_id)
 
 
 @router.get("/datasets", response_model=DatasetList, response_model_by_alias=True, tags=["discovery"])
@@ -91,10 +95,10 @@ async def get_dataset(dataset_id: str, request: Request) -> Any:
     return _cacheable(request, await service.get_dataset(_rt(request), dataset_id=dataset_id), DatasetType)
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"], dependencies=ADMIN_ONLY)
-async def create_dataset(body: DatasetType, request: Request) -> Any:
+@router.post("/datasets", status_code=201, response_model=DatasetType, response_model_by_alias=True, tags=["datasets"])
+async def create_dataset(body: DatasetType, request: Request, caller: Caller = Depends(ADMIN)) -> Any:
     """Add a dataset type with its record JSON Schema."""
-    return await service.register_dataset(_rt(request), body=body.model_dump(by_alias=True))
+    return await service.register_dataset(_rt(request), body=body.model_dump(by_alias=True), actor=caller.client_id)
 
 
 async def _on_start(rt: Runtime) -> None:

@@ -230,3 +230,10 @@ def test_a_holder_sees_only_consents_it_holds_data_for(stack: Stack, ids: dict[s
         r = holder.post(f"{stack.url('consent')}/consents", json={"data_subject": "x", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID,
                                                                   "datasets": [DAILY], "purpose": "p"})
         assert r.status_code == 403
+
+
+def test_the_change_history_names_the_admin_who_made_each_change(stack: Stack, ids: dict[str, str]) -> None:
+    with client_as(stack, "admin") as admin:
+        admin.post(f"{stack.url('registry')}/participants/acl-spare/status", json={"status": "active", "reason": "history"}).raise_for_status()
+        changes = admin.get(f"{stack.url('registry')}/changes", params={"target": "acl-spare"}).json()["changes"]
+    assert changes and {c["actor"] for c in changes} == {"dev-admin"}, changes

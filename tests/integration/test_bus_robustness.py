@@ -8,7 +8,6 @@ import json
 import random
 import uuid
 
-import httpx
 import nats
 import pytest
 

@@ -4,7 +4,6 @@ revocation by each party, notifications, expiry and abandoned requests."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
@@ -379,10 +378,6 @@ def test_consent_fields_and_the_holders_cap(c: httpx.Client, fl: Stack) -> None:
     screen = httpx.get(f"{fl.url('consent')}/consent/{cons['id']}", headers={"Accept-Language": "fr-FR,fr;q=0.9"})
     assert "Partager vos données" in screen.text and "Du 01/01/2024 au 31/12/2024." in screen.text
 
-
-def _payload(jws: str) -> dict[str, Any]:
-    part = jws.split(".")[1]
-    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
 
 
 def test_signing_in_again_through_the_holder_shows_that_customers_consents(c: httpx.Client, fl: Stack, customer: str) -> None:

@@ -14,7 +14,8 @@ first (an async dependency) and run authlib in a synchronous endpoint (FastAPI's
 
 Scopes are dataset ids. Clients come from ``HOLDER_OAUTH_CLIENTS``; the customers log in with their
 customer id and the demo password (``HOLDER_DEMO_PASSWORD``). Everything is kept in memory, in the
-holder's :class:`~examples.holder.app.Store`.
+holder's :class:`~examples.holder.app.Store`. The login and error pages speak English and French
+(:func:`page_language`: ``?lang=``, the request's ``ui_locales``, or ``Accept-Language``).
 
 The tokens of ``POST /dev/tokens`` belong to the pseudo-client :data:`DEV_TOKENS_CLIENT_ID`: their
 refresh works without client authentication (the development stand-in's behaviour, kept), or with
@@ -69,11 +70,103 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "tem
 PAGE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"}
 _UNSAFE_IN_ERRORS = re.compile(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]')
+# the texts of the HTML pages, by language (see page_language); the OAuth error codes and authlib's
+# descriptions stay as the RFCs write them
+PAGE_TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "lang_name": "English",
+        "site": "Reference data holder",
+        "footer": "Reference data holder · demonstration only",
+        "login_title": "Sign in to share your data",
+        "login_heading": "Share your data with {client}",
+        "login_asks": "asks to read these datasets of yours:",
+        "login_sent_back": "You will then be sent back to",
+        "customer_id": "Customer id",
+        "password": "Password",
+        "password_hint_demo": "demo customers: password demo",
+        "password_hint_env": "demo customers: the password is set by HOLDER_DEMO_PASSWORD",
+        "allow": "Allow",
+        "deny": "Deny",
+        "choose": "Choose Allow or Deny.",
+        "wrong_login": "Unknown customer id or wrong password.",
+        "error_title": "Authorization request refused",
+        "error_heading": "This authorization request cannot be served",
+        "error_text": "The application that sent you here made a request this holder does not accept, so you are not sent back to it. "
+                      "Go back to that application and try again, or contact it.",
+    },
+    "fr": {
+        "lang_name": "Français",
+        "site": "Détenteur de données de référence",
+        "footer": "Détenteur de données de référence · démonstration uniquement",
+        "login_title": "Connectez-vous pour partager vos données",
+        "login_heading": "Partager vos données avec {client}",
+        "login_asks": "demande à lire ces jeux de données qui vous concernent :",
+        "login_sent_back": "Vous serez ensuite renvoyé vers",
+        "customer_id": "Identifiant client",
+        "password": "Mot de passe",
+        "password_hint_demo": "clients de démonstration : mot de passe demo",
+        "password_hint_env": "clients de démonstration : le mot de passe est défini par HOLDER_DEMO_PASSWORD",
+        "allow": "Autoriser",
+        "deny": "Refuser",
+        "choose": "Choisissez Autoriser ou Refuser.",
+        "wrong_login": "Identifiant client inconnu ou mot de passe erroné.",
+        "error_title": "Demande d'autorisation refusée",
+        "error_heading": "Cette demande d'autorisation ne peut pas être traitée",
+        "error_text": "L'application qui vous a envoyé ici a fait une demande que ce détenteur n'accepte pas : vous n'y êtes donc pas "
+                      "renvoyé. Revenez à cette application et réessayez, ou contactez-la.",
+    },
+}
+DEFAULT_PAGE_LANGUAGE = "en"
 
 
 def _safe(text: str, limit: int = 200) -> str:
     """``text`` reduced to the characters RFC 6749 section 5.2 allows in ``error_description``."""
     return _UNSAFE_IN_ERRORS.sub("?", text)[:limit]
+
+
+def _accept_language(header: str) -> list[str]:
+    """The language ranges of an ``Accept-Language`` header (RFC 9110 section 12.5.4), most wanted first
+    (by ``q``, then by order); those with ``q=0`` (not wanted) or a bad ``q`` are left out."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate(header[:500].split(",")[:20]):
+        tag, _, params = part.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        if tag.strip() and 0 < q <= 1:
+            ranked.append((-q, i, tag.strip()))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+def page_language(request: Request) -> str:
+    """The language of the holder's pages, a key of :data:`PAGE_TEXTS`: ``?lang=``, else the authorization
+    request's ``ui_locales`` (OpenID Connect Core 1.0 section 3.1.2.1: space-separated BCP 47 tags, most
+    wanted first), else the browser's ``Accept-Language``; English when none of them names one the pages
+    speak. Only the primary subtag counts (``fr-CA`` is ``fr``)."""
+    wanted = [request.query_params.get("lang", ""), *request.query_params.get("ui_locales", "")[:200].split()[:10],
+              *_accept_language(request.headers.get("accept-language", ""))]
+    for tag in wanted:
+        code = tag.strip().lower().split("-")[0]
+        if code in PAGE_TEXTS:
+            return code
+    return DEFAULT_PAGE_LANGUAGE
+
+
+def page_translator(lang: str) -> Callable[..., str]:
+    """``t(key, **values)``: the text of ``key`` in ``lang`` (English if it has none), with ``values`` put
+    in (the templates escape the result)."""
+    table = PAGE_TEXTS[lang]
+
+    def t(key: str, **values: Any) -> str:
+        text = table.get(key) or PAGE_TEXTS[DEFAULT_PAGE_LANGUAGE].get(key) or key
+        return text.format(**values) if values else text
+
+    return t
 
 
 # ---------------------------------------------------------------- models (authlib's mixins)
@@ -599,19 +692,27 @@ def oauth_router(server: HolderAuthorizationServer) -> APIRouter:
         }
 
     def page(request: Request, name: str, status: int, **context: Any) -> Response:
-        return TEMPLATES.TemplateResponse(request, name, context, status_code=status, headers=PAGE_HEADERS)
+        """An HTML page in the language of :func:`page_language`, with links to the same URL in the others
+        (the OAuth parameters kept, ``lang`` replaced)."""
+        lang = page_language(request)
+        links = []
+        for code, texts in PAGE_TEXTS.items():
+            url = request.url.include_query_params(lang=code)
+            links.append({"code": code, "name": texts["lang_name"], "href": f"{url.path}?{url.query}"})
+        return TEMPLATES.TemplateResponse(request, name, {**context, "lang": lang, "t": page_translator(lang), "languages": links},
+                                          status_code=status, headers={**PAGE_HEADERS, "Content-Language": lang})
 
     def error_page(request: Request, error: OAuth2Error) -> Response:
         return page(request, "error.html", 400, error=error.error, description=error.description)
 
     def login_page(request: Request, oauth: HolderOAuth2Request, client: Client, status: int = 200,
                    username: str = "", error: str | None = None) -> Response:
+        """The login page; ``error``: a key of :data:`PAGE_TEXTS` (``choose``, ``wrong_login``)."""
         redirect = urlsplit(oauth.payload.redirect_uri or "")
-        password_hint = ("demo customers: password demo" if server.settings.demo_password == DEFAULT_DEMO_PASSWORD
-                         else "demo customers: the password is set by HOLDER_DEMO_PASSWORD")
+        hint = "password_hint_demo" if server.settings.demo_password == DEFAULT_DEMO_PASSWORD else "password_hint_env"
         return page(request, "authorize.html", status, client_name=client.name, client_id=client.client_id,
                     datasets=scope_to_list(oauth.scope) or [], redirect_host=redirect.netloc, username=username,
-                    error=error, password_hint=password_hint, demo_customers=sorted(server.store.customers()),
+                    error=error, password_hint=hint, demo_customers=sorted(server.store.customers()),
                     action="?" + request.url.query)
 
     def authorize(request: Request, form: list[tuple[str, str]]) -> Response:
@@ -633,10 +734,10 @@ def oauth_router(server: HolderAuthorizationServer) -> APIRouter:
         if action == "deny":
             return no_store(server.create_authorization_response(request=oauth, grant_user=None, grant=grant))
         if action != "allow":
-            return login_page(request, oauth, client, 400, username, "Choose Allow or Deny.")
+            return login_page(request, oauth, client, 400, username, "choose")
         customer = server.check_login(username, fields.get("password", ""))
         if customer is None:
-            return login_page(request, oauth, client, 401, username, "Unknown customer id or wrong password.")
+            return login_page(request, oauth, client, 401, username, "wrong_login")
         return no_store(server.create_authorization_response(request=oauth, grant_user=customer, grant=grant))
 
     @router.get("/oauth/authorize", response_class=Response, responses={200: {"content": {"text/html": {}}, "description": "the login page"},

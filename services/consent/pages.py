@@ -7,6 +7,8 @@ jinja2, English and French).
 * ``GET /oauth/callback``: checks the state (single use, 10 minutes, bound to the browser session that
   started the flow), exchanges the code, authorises the consent, issues its receipt.
 * ``GET /me``: the person's consents (active and past) with the transfers made under each, and Revoke.
+* ``GET /me/consents/{id}/revoke``: Revoke's confirmation page (what revoking does); "Yes, revoke" POSTs
+  to the same path, which revokes.
 * ``GET /me/login``: sign in to the dashboard through a data holder (the broker keeps no password).
 
 Sessions: a random cookie (HttpOnly, SameSite=Lax, Secure and ``__Host-`` prefixed outside development)
@@ -35,6 +37,7 @@ from shared.errors import BrokerError, Conflict, NotFound, Unavailable
 from shared.runtime import Runtime
 
 from . import holder_oauth, models, service
+from .domain import check_transition
 from .holder_oauth import HolderAuthError
 
 log = logging.getLogger("consent.pages")
@@ -431,8 +434,46 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
     return _set_cookie(request, resp, sid)
 
 
+@router.get("/me/consents/{consent_id}/revoke", response_class=HTMLResponse)
+async def dashboard_revoke_confirm(consent_id: str, request: Request) -> Response:
+    """Revoke's confirmation page (no JavaScript needed): what revoking does, in plain words (the recipient
+    and the holder named, the datasets; no more transfers; what was sent stays with the recipient, who must
+    be asked to delete it), a "Yes, revoke" form that POSTs to this path with the session's CSRF token, and
+    Cancel (back to ``/me``). Changes nothing: no session is created, the consent is only read.
+
+    Checks what the POST checks, in the same order, with the same statuses: 403 without a signed-in session
+    (where the POST checks the CSRF token: a browser that proved no identity at a holder is refused before
+    any lookup, so consent ids cannot be probed), 404 unknown consent, 403 someone else's, 303 to
+    ``/me?revoked={id}`` if it is already revoked (the POST is idempotent), 409 if it can no longer be
+    revoked (rejected, expired, consumed, superseded, or still requested)."""
+    rt = _rt(request)
+    t = _translator(_lang(request))
+    session = await _session(request)
+    if session is None or not session.identities:
+        return _message(request, 403, "error_title", t("signed_out"), link="/me", link_text=t("dashboard"))
+    try:
+        c = await service.get_consent(rt, consent_id=consent_id)
+    except NotFound:
+        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
+    if not _owns(session, c):
+        return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+    if c["status"] == "revoked":
+        return RedirectResponse(f"/me?revoked={c['id']}", status_code=303)
+    try:
+        check_transition(c["status"], "revoked", consent_id=c["id"])
+    except Conflict:
+        return _message(request, 409, "title_screen", t("already", status=t(f"status_{c['status']}")), link="/me", link_text=t("dashboard"))
+    return _render(request, "revoke.html", title=t("revoke_title"), consent=c, holder_name=await _name(rt, c["holder_id"]),
+                   recipient_name=await _name(rt, c["recipient_id"]), dataset_titles=[await _dataset_title(rt, d) for d in c["datasets"]],
+                   csrf=session.csrf)
+
+
 @router.post("/me/consents/{consent_id}/revoke", response_class=HTMLResponse)
 async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("", max_length=100)) -> Response:
+    """The confirmation page's "Yes, revoke" (and any form or client that POSTs here with the session's
+    CSRF token): revokes at once, by the data subject, then back to ``/me?revoked={id}`` (303). 403 bad or
+    missing CSRF token, 404 unknown consent, 403 someone else's, 409 not revocable; revoking a revoked
+    consent changes nothing and answers like the first time."""
     rt = _rt(request)
     t = _translator(_lang(request))
     session = await _session(request)

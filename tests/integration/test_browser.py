@@ -1,6 +1,7 @@
 """A real person's path through the broker, in a real headless Chromium (Debian's ``chromium``):
-consent screen, holder login, Allow, the transfer completes, the dashboard shows it, Revoke, the
-dashboard shows it revoked, and the recipient received the notification."""
+consent screen, holder login, Allow, the transfer completes, the dashboard shows it, Revoke and its
+confirmation page (Cancel, then "Yes, revoke"), the dashboard shows it revoked, and the recipient received
+the notification."""
 
 from __future__ import annotations
 
@@ -80,8 +81,21 @@ def test_a_person_allows_sees_and_revokes_a_consent_in_a_browser(bstack: Stack, 
 
             wait_for(shown, timeout=60)
             assert "365 records" in (page.text_content(f"{card} .transfers") or "")
-            # Revoke, and the dashboard shows it revoked
+            # Revoke opens a confirmation page that says what revoking does; Cancel changes nothing
+            confirm_url = f"{bstack.url('consent')}/me/consents/{consent['id']}/revoke"
             page.click(f"{card} button.danger")
+            page.wait_for_url(f"{confirm_url}*")  # a GET form with no field: the URL ends in "?"
+            assert "Revoke this consent?" in page.content()
+            assert ("You are about to take back the consent that lets Demo personal cloud receive your data from "
+                    "Demo electricity distributor.") in page.inner_text("#revoke-asks")
+            assert "has already received stays with Demo personal cloud" in page.inner_text("#revoke-effects")
+            page.click("#cancel-revoke")
+            page.wait_for_url(f"{bstack.url('consent')}/me")
+            assert page.get_attribute(card, "data-status") == "authorised"
+            # Revoke again, confirm, and the dashboard shows it revoked
+            page.click(f"{card} button.danger")
+            page.wait_for_url(f"{confirm_url}*")  # a GET form with no field: the URL ends in "?"
+            page.click("#confirm-revoke")
             page.wait_for_url("**/me?revoked=*")
             assert page.get_attribute(card, "data-status") == "revoked"
             assert "Consent revoked" in page.inner_text("#flash")

@@ -4,6 +4,7 @@ revocation by each party, notifications, expiry and abandoned requests."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -268,6 +269,93 @@ def test_a_person_cannot_revoke_someone_elses_consent(c: httpx.Client, fl: Stack
         r = stranger.post(f"{fl.url('consent')}/me/consents/{theirs['id']}/revoke", data={"csrf": token[1] if token else "x"})
         assert r.status_code == 403
     assert consent(c, fl, theirs["id"])["status"] == "authorised"
+
+
+def test_revoke_asks_for_confirmation_on_a_page_that_changes_nothing(c: httpx.Client, fl: Stack, customer: str) -> None:
+    cons = ask(c, fl, "flow-iris")
+    url = f"{fl.url('consent')}/me/consents/{cons['id']}/revoke"
+    title = c.get(f"{fl.url('registry')}/datasets/{DAILY}").json()["title"]
+    with closing(allow_through_pages(fl, cons["id"], customer=customer)) as browser:
+        dashboard = browser.get(f"{fl.url('consent')}/me")
+        # Revoke on the dashboard only opens the confirmation page (a GET form: no CSRF token in a URL)
+        assert f'<form method="get" action="/me/consents/{cons["id"]}/revoke">' in dashboard.text
+        before = log_events(c, fl, cons["id"])
+        for _ in range(2):
+            page = browser.get(url)
+            assert page.status_code == 200, page.text
+        assert consent(c, fl, cons["id"])["status"] == "authorised" and log_events(c, fl, cons["id"]) == before
+        assert not [n for n in notifications(c, fl, cons["id"]) if any(k.endswith("revoked") for k in n["events"])]
+        # the same headers as the other pages
+        assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # in plain words: who, from whom, what, and what revoking does and does not do
+        assert "Revoke this consent?" in page.text
+        assert ("You are about to take back the consent that lets Demo personal cloud receive your data from "
+                "Demo electricity distributor.") in page.text
+        assert '<dd id="revoke-recipient">Demo personal cloud</dd>' in page.text
+        assert '<dd id="revoke-holder">Demo electricity distributor</dd>' in page.text
+        assert f"<li>{html.escape(title)}</li>" in page.text
+        assert "Demo personal cloud will receive no more of your data from Demo electricity distributor" in page.text
+        assert "What Demo personal cloud has already received stays with Demo personal cloud" in page.text
+        assert "To have it deleted, ask Demo personal cloud directly" in page.text
+        # "Yes, revoke" is the existing POST with the session's CSRF token; Cancel goes back to the dashboard
+        assert f'<form method="post" action="/me/consents/{cons["id"]}/revoke">' in page.text
+        assert CSRF.search(page.text)[1] == CSRF.search(dashboard.text)[1]  # type: ignore[index]
+        assert ">Yes, revoke</button>" in page.text and 'id="cancel-revoke" href="/me">Cancel</a>' in page.text
+        # in French, by Accept-Language or ?lang=
+        fr = browser.get(url, headers={"Accept-Language": "fr-FR,fr;q=0.9"})
+        assert fr.status_code == 200 and '<html lang="fr">' in fr.text and "Retirer ce consentement ?" in fr.text
+        fr = browser.get(url, params={"lang": "fr"})
+        assert fr.status_code == 200 and '<html lang="fr">' in fr.text
+        assert "Vous allez retirer le consentement qui permet à Demo personal cloud de recevoir vos données de " \
+               "Demo electricity distributor." in fr.text
+        assert "Demo personal cloud ne recevra plus aucune de vos données de Demo electricity distributor" in fr.text
+        assert "Ce que Demo personal cloud a déjà reçu reste en sa possession" in fr.text
+        assert ">Oui, retirer</button>" in fr.text and ">Annuler</a>" in fr.text and CSRF.search(fr.text)
+        assert consent(c, fl, cons["id"])["status"] == "authorised" and log_events(c, fl, cons["id"]) == before
+        # confirming revokes; the page of a revoked consent then answers as the POST does (back to the dashboard)
+        r = browser.post(url, data={"csrf": CSRF.search(page.text)[1]})  # type: ignore[index]
+        assert r.status_code == 303 and r.headers["location"] == f"/me?revoked={cons['id']}"
+        again = browser.get(url)
+        assert again.status_code == 303 and again.headers["location"] == f"/me?revoked={cons['id']}"
+    assert consent(c, fl, cons["id"])["status"] == "revoked"
+    assert log_events(c, fl, cons["id"]).count("revoked") == 1
+
+
+def test_the_revoke_confirmation_page_refuses_what_the_post_refuses(c: httpx.Client, fl: Stack, customer: str) -> None:
+    mine, theirs = ask(c, fl, "flow-ivan"), ask(c, fl, "flow-ivan")
+    allow_through_pages(fl, theirs["id"], customer=OTHER_CUSTOMER).close()
+    base = f"{fl.url('consent')}/me/consents"
+    with closing(allow_through_pages(fl, mine["id"], customer=customer)) as browser:
+        token = CSRF.search(browser.get(f"{fl.url('consent')}/me").text)[1]  # type: ignore[index]
+        # someone else's consent: 403 on the page as on the POST, and no name of theirs shown
+        page = browser.get(f"{base}/{theirs['id']}/revoke")
+        assert page.status_code == 403 and "This consent is not one of yours." in page.text and "Revoke this consent?" not in page.text
+        assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+        assert browser.post(f"{base}/{theirs['id']}/revoke", data={"csrf": token}).status_code == 403
+        # an unknown consent: 404 on both
+        assert browser.get(f"{base}/no-such-consent/revoke").status_code == 404
+        assert browser.post(f"{base}/no-such-consent/revoke", data={"csrf": token}).status_code == 404
+        # a consent that ended otherwise (expired) cannot be revoked: 409 on both, nothing changed
+        async def due(s: Any) -> None:
+            await s.execute(update(models.consents).where(models.consents.c.id == mine["id"])
+                            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+
+        ConsentDb(fl).run(due)
+        wait_for(lambda: consent(c, fl, mine["id"])["status"] == "expired", timeout=15)
+        page = browser.get(f"{base}/{mine['id']}/revoke")
+        assert page.status_code == 409 and "already expired" in page.text and "Yes, revoke" not in page.text
+        assert browser.post(f"{base}/{mine['id']}/revoke", data={"csrf": token}).status_code == 409
+    # no signed-in session (a new browser, or an anonymous one): 403, before any lookup
+    with httpx.Client(timeout=30) as stranger:
+        for cid in (theirs["id"], "no-such-consent"):
+            page = stranger.get(f"{base}/{cid}/revoke")
+            assert page.status_code == 403 and "You are not signed in" in page.text
+        stranger.get(f"{fl.url('consent')}/me")  # an anonymous session, with no identity proved at a holder
+        assert stranger.get(f"{base}/{theirs['id']}/revoke").status_code == 403
+    assert consent(c, fl, theirs["id"])["status"] == "authorised"
+    assert log_events(c, fl, theirs["id"]) == ["requested", "authorised"]
+    assert log_events(c, fl, mine["id"]) == ["requested", "authorised", "expired"]
 
 
 def test_parties_revoke_through_the_api_and_crossing_revocations_end_in_one(c: httpx.Client, fl: Stack, customer: str) -> None:

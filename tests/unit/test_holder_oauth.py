@@ -262,6 +262,59 @@ async def test_deny_redirects_with_access_denied(c: httpx.AsyncClient) -> None:
     assert got["error"] == "access_denied" and got["state"] == "s-deny" and "code" not in got
 
 
+async def test_the_login_page_in_french_keeps_its_form_and_the_demo_password(c: httpx.AsyncClient) -> None:
+    url = authorize_url(lang="fr")
+    page = await c.get(url)
+    assert page.status_code == 200 and page.headers["content-language"] == "fr"
+    assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+    html = page.text
+    assert '<html lang="fr">' in html and "Partager vos données avec Portability broker (development)" in html
+    assert "demande à lire ces jeux de données qui vous concernent" in html and DAILY in html
+    assert "Identifiant client" in html and "Mot de passe" in html and "clients de démonstration : mot de passe demo" in html
+    assert '<button type="submit" name="action" value="allow">Autoriser</button>' in html and ">Refuser</button>" in html
+    assert 'name="username"' in html and 'name="password"' in html and "Customer id" not in html
+    action = html.split('action="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert action == "?" + urlsplit(url).query  # the form posts back to the same URL, lang=fr included
+    # the link to the English page keeps the authorization request and changes only lang
+    english = html.split('hreflang="en"', 1)[0].rsplit('href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert english.startswith("/oauth/authorize?") and parse_qs(urlsplit(english).query)["lang"] == ["en"]
+    assert {k: v for k, v in parse_qs(urlsplit(english).query).items() if k != "lang"} == \
+        {k: v for k, v in parse_qs(urlsplit(url).query).items() if k != "lang"}
+    r = await c.post(url, data={"username": CUSTOMER, "password": "wrong", "action": "allow"})
+    assert r.status_code == 401 and "Identifiant client inconnu ou mot de passe erroné." in r.text and '<html lang="fr">' in r.text
+    r = await c.post(url, data={"username": CUSTOMER, "password": "demo"})
+    assert r.status_code == 400 and "Choisissez Autoriser ou Refuser." in r.text
+    got = location_params(await c.post(url, data={"username": CUSTOMER, "password": "demo", "action": "allow"}))
+    assert got["code"] and got["state"] == "st-123"
+
+
+@pytest.mark.parametrize(("params", "headers", "lang"), [
+    ({}, {}, "en"),
+    ({}, {"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.8"}, "fr"),
+    ({}, {"Accept-Language": "de, en;q=0.5, fr;q=0.9"}, "fr"),  # by q, not by order
+    ({}, {"Accept-Language": "fr;q=0, en"}, "en"),  # q=0: not wanted
+    ({}, {"Accept-Language": "de"}, "en"),
+    ({"ui_locales": "fr-CA en"}, {}, "fr"),  # OpenID Connect's ui_locales, most wanted first
+    ({"ui_locales": "de fr"}, {"Accept-Language": "en"}, "fr"),
+    ({"ui_locales": "en"}, {"Accept-Language": "fr"}, "en"),
+    ({"lang": "en", "ui_locales": "fr"}, {"Accept-Language": "fr"}, "en"),  # ?lang= first
+    ({"lang": "<script>x</script>"}, {"Accept-Language": "fr"}, "fr"),  # an unknown lang is ignored, never shown
+])
+async def test_the_login_page_language_comes_from_lang_ui_locales_or_accept_language(
+        c: httpx.AsyncClient, params: dict[str, str], headers: dict[str, str], lang: str) -> None:
+    page = await c.get(authorize_url(**params), headers=headers)
+    assert page.status_code == 200 and page.headers["content-language"] == lang and f'<html lang="{lang}">' in page.text
+    assert ("Mot de passe" in page.text) == (lang == "fr") and ("Password" in page.text) == (lang == "en")
+    assert "<script>" not in page.text
+
+
+async def test_the_error_page_in_french(c: httpx.AsyncClient) -> None:
+    r = await c.get(authorize_url(client_id="unknown-client"), headers={"Accept-Language": "fr"})
+    assert r.status_code == 400 and "location" not in r.headers and r.headers["x-frame-options"] == "DENY"
+    assert '<html lang="fr">' in r.text and "Cette demande d&#39;autorisation ne peut pas être traitée" in r.text
+    assert "invalid_client" in r.text  # the OAuth error code stays as RFC 6749 names it
+
+
 @pytest.mark.parametrize("params", [
     {"redirect_uri": "https://evil.example/cb"},
     {"redirect_uri": "http://127.0.0.1.evil.example/cb"},

@@ -148,7 +148,8 @@ ACCESS: dict[str, ServiceAccess] = {
         serves=(s.CONSENT_CHECK, s.CONSENT_TOKEN_GET),
         requests=(s.REGISTRY_PARTICIPANT_GET, s.REGISTRY_DATASET_GET, *TOKEN_VERIFIER_REQUESTS),
         publishes=(f"{s.CONSENT_EVENTS}.>",),
-        listens=TOKEN_VERIFIER_LISTENS,
+        # services/consent/handlers.py: every replica's consent.check cache forgets on any replica's change
+        listens=(*TOKEN_VERIFIER_LISTENS, f"{s.CONSENT_EVENTS}.>"),
         owns_streams=(s.STREAM_CONSENT_EVENTS,),
         consumers=(
             # services/consent/handlers.py

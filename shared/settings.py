@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     consent_request_ttl_s: int = 600
     # how often the consent service sweeps expired consents, and retries notifications and token revocations
     consent_sweep_interval_s: float = 5.0
+    # consent.check answers an authorised consent read within this many seconds without reading it again; every
+    # change of a consent empties that cache (events from other replicas too); 0 reads the database every time
+    consent_check_cache_s: float = 1.0
     # the longest consent any holder may allow (a holder sets its own cap up to this, in the registry)
     consent_max_days_cap: int = 1095
     # the person's browser session on the broker's pages, in seconds; cookies are Secure outside development

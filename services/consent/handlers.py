@@ -28,6 +28,11 @@ async def register(rt: Runtime) -> None:
         return await service.holder_token(rt, consent_id=data["consent_id"], refresh=bool(data.get("refresh")),
                                           rejected_token_sha256=data.get("rejected_token_sha256"))
 
+    async def consent_changed(_msg: Any) -> None:
+        service.forget_valid_consents(rt)  # another replica's change (our own ones are forgotten at their commit)
+
+    # subscribed before answering checks, so that no change on another replica falls between the two
+    await bus.nc.subscribe(f"{subjects.CONSENT_EVENTS}.>", cb=consent_changed)
     await bus.serve(subjects.CONSENT_CHECK, check, queue="consent")
     await bus.serve(subjects.CONSENT_TOKEN_GET, token_get, queue="consent")
 

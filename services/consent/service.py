@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
+import weakref
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -227,6 +229,7 @@ async def _transition(
         if after is not None:
             await after(s, out)
         await add_event(s, models.outbox, f"{subjects.CONSENT_EVENTS}.{target}", f"consent.events.{target}", _event_data(out) | {"by": by})
+    forget_valid_consents(rt)  # committed: no check answers from before it
     rt.events_committed()
     CONSENT_TRANSITIONS.add(1, {"status": target})
     return out
@@ -339,6 +342,7 @@ async def record_holder_check(rt: Runtime, *, consent_id: str, result: str) -> N
     t = models.consents
     async with rt.db.unit_of_work() as s:
         await s.execute(t.update().where(t.c.id == consent_id).values(holder_check=result, holder_checked_at=datetime.now(UTC)))
+    forget_valid_consents(rt)
 
 
 async def confirm_with_holder(rt: Runtime, *, consent_id: str) -> str:
@@ -384,16 +388,86 @@ async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> No
             pass
 
 
+CHECK_CACHE_TTL_S = 1.0
+
+
+class ValidConsents:
+    """The authorised consents that ``consent.check`` read lately: a read cache, so that the check a transfer
+    worker makes before every holder page costs no database read.
+
+    Only authorised consents are kept (every other answer is read again each time), each for at most
+    ``ttl_s`` seconds, and the whole cache is emptied whenever a consent changes: at once by this replica's own
+    transitions (after their commit, :func:`_transition`) and, for another replica's, when its event arrives on
+    ``consent.events.>`` (:func:`forget_valid_consents`). A check that read the database while the cache was
+    emptied does not keep what it read (``epoch``), so a row read before a commit never outlives it. With one
+    replica a check therefore always answers what is committed; with several, a revocation made on another
+    replica may be answered valid here until its event arrives (milliseconds, and never for more than
+    ``ttl_s``), as it may by a worker that has not heard that event yet: workers stop on the same event."""
+
+    def __init__(self, ttl_s: float = CHECK_CACHE_TTL_S, max_entries: int = 10_000) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self.epoch = 0  # bumped by every forget_all
+        self._rows: dict[str, tuple[float, Any, dict[str, Any]]] = {}
+
+    def get(self, consent_id: str) -> tuple[Any, dict[str, Any]] | None:
+        """``(row, consent dict)`` of an authorised consent read less than ``ttl_s`` seconds ago, or None."""
+        hit = self._rows.get(consent_id)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] > self.ttl_s:
+            self._rows.pop(consent_id, None)
+            return None
+        return hit[1], hit[2]
+
+    def put(self, consent_id: str, row: Any, consent: dict[str, Any], *, epoch: int) -> None:
+        """Keep an authorised consent read when the cache was at ``epoch`` (dropped if it was emptied since)."""
+        if epoch != self.epoch or self.ttl_s <= 0:
+            return
+        if len(self._rows) >= self.max_entries:
+            self._rows.clear()
+        self._rows[consent_id] = (time.monotonic(), row, consent)
+
+    def forget_all(self) -> None:
+        self.epoch += 1
+        self._rows.clear()
+
+
+_valid_consents: weakref.WeakKeyDictionary[Runtime, ValidConsents] = weakref.WeakKeyDictionary()
+
+
+def valid_consents(rt: Runtime) -> ValidConsents:
+    """This runtime's :class:`ValidConsents` (created on first use, ``consent_check_cache_s`` seconds)."""
+    cache = _valid_consents.get(rt)
+    if cache is None:
+        cache = _valid_consents[rt] = ValidConsents(ttl_s=rt.settings.consent_check_cache_s)
+    return cache
+
+
+def forget_valid_consents(rt: Runtime) -> None:
+    """A consent changed (here or on another replica): nothing cached for ``consent.check`` stays."""
+    valid_consents(rt).forget_all()
+
+
 async def check(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]:
-    """Is consent ``consent_id`` valid now for ``dataset``? Answers ``{valid, reason, consent}``.
+    """Is consent ``consent_id`` valid now for ``dataset``? Answers ``{valid, reason, status, consent}``.
 
     ``reason`` is one of ``not_found``, ``not_authorised``, ``expired``, ``dataset_not_covered`` or null.
+    Authorised consents come from :class:`ValidConsents` when read less than a second ago; expiry and the
+    dataset are always judged now.
     """
-    async with rt.db.sessions() as s:
-        row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
-    if row is None:
-        return {"valid": False, "reason": "not_found", "consent": None}
-    c = _consent(row)
+    cache = valid_consents(rt)
+    hit = cache.get(consent_id)
+    if hit is not None:
+        row, c = hit
+    else:
+        epoch = cache.epoch
+        async with rt.db.sessions() as s:
+            row = (await s.execute(select(models.consents).where(models.consents.c.id == consent_id))).first()
+        if row is None:
+            return {"valid": False, "reason": "not_found", "consent": None}
+        c = _consent(row)
+        if row.status == "authorised":
+            cache.put(consent_id, row, c, epoch=epoch)
     if row.status != "authorised":
         return {"valid": False, "reason": "not_authorised", "status": row.status, "consent": c}
     if _aware(row.expires_at) <= datetime.now(UTC):

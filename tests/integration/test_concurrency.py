@@ -89,3 +89,49 @@ def test_two_workers_and_two_consent_replicas_process_each_transfer_once(cstack:
             indexes += [e["index"] for e in page["entries"]]
             start = page.get("next_start") or size
         assert indexes == list(range(size))
+
+
+def test_a_revocation_on_one_replica_reaches_the_other_replicas_consent_check(cstack: Stack) -> None:
+    """consent.check answers authorised consents from a short cache (services/consent/service.py ValidConsents):
+    a revocation made through one replica must empty the other's at once (its consent event), never after
+    more than CONSENT_CHECK_CACHE_S (1 s), and once seen invalid a consent is never valid again."""
+    import asyncio
+    import time
+
+    import nats
+
+    from shared import envelope, subjects
+
+    with client_as(cstack, "admin", timeout=30) as c:
+        consent = c.post(f"{cstack.url('consent')}/consents", json={"data_subject": "subject-cache", "holder_id": HOLDER_ID,
+                                                                    "recipient_id": CLOUD_ID, "datasets": [DAILY], "purpose": "cache"}).json()
+        token = c.post(f"{cstack.url('holder')}/dev/tokens", json={"customer_id": CUSTOMER, "datasets": [DAILY]}).json()
+        c.post(f"{cstack.url('consent')}/consents/{consent['id']}/authorise", json=token).raise_for_status()
+
+    async def scenario() -> list[tuple[float, bool]]:
+        nc = await nats.connect(cstack.nats_url or "")
+        body = envelope.encode(envelope.make(subjects.CONSENT_CHECK, {"consent_id": consent["id"], "dataset": DAILY}))
+
+        async def valid() -> bool:
+            reply = envelope.decode((await nc.request(subjects.CONSENT_CHECK, body, timeout=5)).data)
+            return bool(reply["data"]["result"]["valid"])
+
+        try:
+            # both replicas answer the queue group: enough checks warm both caches
+            assert all([await valid() for _ in range(40)])
+            with client_as(cstack, "admin", timeout=30) as c:
+                c.post(f"{cstack.url('consent-2')}/consents/{consent['id']}/revoke", json={"by": "holder"}).raise_for_status()
+            revoked_at = time.monotonic()
+            answers = []
+            while time.monotonic() - revoked_at < 1.5:
+                answers.append((time.monotonic() - revoked_at, await valid()))
+            return answers
+        finally:
+            await nc.close()
+
+    answers = asyncio.run(scenario())
+    first_invalid = next(i for i, (_, ok) in enumerate(answers) if not ok)
+    # valid after the revocation only while its event travels (well under the 1 s bound), then never again
+    assert answers[first_invalid][0] < 0.5, answers[:first_invalid + 1]
+    assert not any(ok for _, ok in answers[first_invalid:]), "a revoked consent was answered valid again"
+    assert len(answers) - first_invalid > 20

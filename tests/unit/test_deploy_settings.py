@@ -69,6 +69,8 @@ SAFE_DEFAULTS: dict[str, str] = {
     "nats_tls_handshake_first": "only with the server's tls { handshake_first: true } (deploy/k8s/README.md, TLS)",
     "consent_request_ttl_s": "a business rule of the broker (600 s for a person to finish a consent request)",
     "consent_sweep_interval_s": "tuning with a tested default (5 s between sweeps of expired consents and retries)",
+    "consent_check_cache_s": "tuning with a tested default (1 s at most between a consent's change on another replica and "
+                             "consent.check; its own changes empty the cache at once)",
     "consent_max_days_cap": "a business rule of the broker (1095 days, the ceiling of every holder's own cap), "
                             "not a property of the deployment",
     "session_ttl_s": "a business rule of the broker (8 h browser sessions on the consent pages)",

@@ -151,3 +151,31 @@ def test_sealed_tokens_open_only_with_their_key_and_row() -> None:
         box.open(sealed, aad="consent-2")
     with pytest.raises(SealError):
         SecretBox("B" * 43 + "=").open(sealed, aad="consent-1")
+
+
+def test_the_consent_check_cache_keeps_authorised_rows_briefly_and_never_across_a_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.consent import service
+
+    now = [1000.0]
+    monkeypatch.setattr(service.time, "monotonic", lambda: now[0])
+    cache = service.ValidConsents(ttl_s=1.0, max_entries=3)
+    epoch = cache.epoch
+    cache.put("c1", "row1", {"id": "c1"}, epoch=epoch)
+    assert cache.get("c1") == ("row1", {"id": "c1"})
+    now[0] += 1.01  # older than the TTL: read again
+    assert cache.get("c1") is None
+    # a check that read the database while a consent changed does not keep what it read
+    epoch = cache.epoch
+    cache.forget_all()
+    cache.put("c2", "stale", {"id": "c2"}, epoch=epoch)
+    assert cache.get("c2") is None
+    cache.put("c2", "fresh", {"id": "c2"}, epoch=cache.epoch)
+    assert cache.get("c2") == ("fresh", {"id": "c2"})
+    cache.forget_all()  # any change empties it
+    assert cache.get("c2") is None
+    for i in range(5):  # bounded: full means emptied, never grown
+        cache.put(f"x{i}", "r", {}, epoch=cache.epoch)
+    assert sum(cache.get(f"x{i}") is not None for i in range(5)) <= 3
+    off = service.ValidConsents(ttl_s=0)  # CONSENT_CHECK_CACHE_S=0: always the database
+    off.put("c", "r", {}, epoch=off.epoch)
+    assert off.get("c") is None

@@ -27,8 +27,13 @@ class RecordDigest:
         self.bytes = 0
 
     def update(self, records: Iterable[Any]) -> None:
-        for record in records:
-            line = canonical(record) + b"\n"
+        """Add ``records`` in order. Raises what :func:`canonical` raises (rfc8785: a NaN, an integer beyond 2**53...)."""
+        self.update_canonical(canonical(record) for record in records)
+
+    def update_canonical(self, texts: Iterable[bytes]) -> None:
+        """Add records already made canonical (:func:`canonical` bytes, without the ``\n``), in order."""
+        for text in texts:
+            line = text + b"\n"
             self._h.update(line)
             self.count += 1
             self.bytes += len(line)

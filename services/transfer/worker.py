@@ -12,7 +12,10 @@ For each job (../shared/DESIGN.md, "The main job", step 4):
 4. Pages ``GET {export}/datasets/{dataset}/records?cursor&limit`` (holder export contract);
    every record is validated against the dataset schema; each page is pushed as batch ``n``
    with ``Idempotency-Key: {id}:{n}``; after the recipient's acknowledgement the cursor,
-   counts and bytes are committed together with a progress event.
+   counts and bytes are committed together with a progress event. The worker reads one page
+   ahead: page ``n + 1`` is requested from the holder (after its own consent check) while
+   page ``n`` is checked and delivered; a page read ahead is dropped, never delivered, when
+   the transfer ends, fails or is released, or when a revocation arrived meanwhile.
 5. ``PUT {import}/transfers/{id}/manifest`` (record count, SHA-256 of the RFC 8785 records,
    one per line); the recipient must confirm it.
 
@@ -30,6 +33,7 @@ fails ``retries_exhausted``. Per-holder limits (:mod:`.limits`) hold across all 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import itertools
@@ -45,7 +49,7 @@ from sqlalchemy import select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from shared import envelope, subjects, telemetry
-from shared.canonical import RecordDigest
+from shared.canonical import RecordDigest, canonical
 from shared.catalogue import converters
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
@@ -68,6 +72,20 @@ TRANSFERS_ENDED = _meter.create_counter("transfers_ended", description="transfer
 RECORDS_MOVED = _meter.create_counter("transfer_records_moved", description="records delivered to recipients")
 BYTES_MOVED = _meter.create_counter("transfer_bytes_moved", unit="By", description="bytes of canonical records delivered")
 MAX_EMPTY_PAGES = 100
+GUARD_AGAIN_AFTER_S = 0.5  # a wait for the holder's rate longer than this is followed by a second consent check
+
+
+CANONICAL_CHUNK = 100  # records made canonical between two turns of the event loop
+
+
+async def _canonical_texts(records: list[Any]) -> list[bytes]:
+    """RFC 8785 texts of ``records`` (for the manifest digest), ``CANONICAL_CHUNK`` at a time with a turn of the
+    event loop between chunks, so that the batch being sent and the page being read ahead go on meanwhile."""
+    texts: list[bytes] = []
+    for start in range(0, len(records), CANONICAL_CHUNK):
+        await asyncio.sleep(0)
+        texts += [canonical(r) for r in records[start:start + CANONICAL_CHUNK]]
+    return texts
 
 
 def retry_after_seconds(value: str | None, *, cap: float = 60.0) -> float | None:
@@ -227,15 +245,23 @@ class TransferWorker:
 
     async def _before_holder_request(self, row: Any, corr: str) -> None:
         await self._guard(row, corr)
+        waited = time.monotonic()
         await self.limits.wait_for_request(self._holder)
         await self.limits.keep_slot(self._slot, row.id)
-        await self._guard(row, corr)  # the wait may have been long
+        if time.monotonic() - waited > GUARD_AGAIN_AFTER_S:
+            await self._guard(row, corr)  # a long wait for the holder's rate: ask the consent service again
+        else:
+            self._stop_if_cancelled(row)
 
-    async def _guard(self, row: Any, corr: str) -> None:
-        """Before every request to the holder: cancelled by an event? consent still valid?"""
+    def _stop_if_cancelled(self, row: Any) -> None:
+        """Raise TransferEnded (cancelled) if this worker has heard of a revocation, expiry or suspension."""
         reason = self.cancellations.reason_for(row)
         if reason:
             raise TransferEnded("cancelled", reason, {"message": f"stopped: {reason.replace('_', ' ')}"})
+
+    async def _guard(self, row: Any, corr: str) -> None:
+        """Before every request to the holder: cancelled by an event? consent still valid?"""
+        self._stop_if_cancelled(row)
         check = await self.bus.request(subjects.CONSENT_CHECK, {"consent_id": row.consent_id, "dataset": row.dataset}, correlation_id=corr)
         if not check["valid"]:
             why = {"not_authorised": f"consent_{check.get('status')}", "expired": "consent_expired"}.get(check["reason"], "consent_invalid")
@@ -430,17 +456,26 @@ class TransferWorker:
                 batch += 1
                 await delivery.heartbeat()
                 refused_here: dict[int, str] = {}
+                texts: list[bytes] = []
                 if records:
                     with telemetry.tracer().start_as_current_span("recipient batch", attributes={"transfer.id": tid, "transfer.batch": batch}):
+                        put = asyncio.create_task(adapter.put_batch(tid, batch, target, records))
                         try:
-                            refused_here = (await adapter.put_batch(tid, batch, target, records)).refused
+                            texts = await _canonical_texts(records)  # while the recipient takes the batch
+                            refused_here = (await put).refused
                         except TransferEnded as end:
                             if end.reason == "destination_full":
                                 end.error.update(batch=batch, delivered_records=digest.count)
                             raise
+                        finally:
+                            if not put.done():  # the texts failed: the batch is dropped (its idempotency key makes a retry safe)
+                                put.cancel()
+                                await asyncio.wait([put])
+                                if not put.cancelled():
+                                    put.exception()
                 refused += [{"position": offered + i, "batch": batch, "index": i, "reason": why} for i, why in refused_here.items()]
                 before_bytes = digest.bytes
-                digest.update(r for i, r in enumerate(records) if i not in refused_here)
+                digest.update_canonical(text for i, text in enumerate(texts) if i not in refused_here)
                 offered += len(records)
                 RECORDS_MOVED.add(len(records) - len(refused_here), {"dataset": target})
                 BYTES_MOVED.add(digest.bytes - before_bytes, {"dataset": target})
@@ -452,28 +487,45 @@ class TransferWorker:
                 await self._progress(tid, cursor=next_cursor if next_cursor else END, batches=batch, records=digest.count,
                                      nbytes=digest.bytes, rate=rate, eta_s=eta, total=total, refused=refused)
 
-            while not done:
-                await delivery.heartbeat()
-                records, next_cursor, total = await self._page(client, row, export, cursor, corr)
-                empty_pages = 0 if records else empty_pages + 1
-                if empty_pages > MAX_EMPTY_PAGES:
-                    raise TransferEnded("failed", "holder_error", {"message": f"holder served {empty_pages} empty pages in a row"})
-                bad = checker.first_error(records)
-                if bad is not None:
-                    raise TransferEnded("failed", "schema_violation", {
-                        "message": f"record {served + bad.index} breaks the {row.dataset} schema: {bad.message}",
-                        "position": served + bad.index, "schema_error": bad.message, "path": bad.path,
-                    })
-                out = self._convert(stream, records)
-                self._check_converted(target_checker, target, out, offered)
-                served += len(records)
-                if records:
-                    await deliver(out, commit=True, next_cursor=next_cursor, total=total)
-                done = next_cursor is None
-                cursor = next_cursor
-                if delivery.stopping and not done:
-                    log.info("transfer %s released after batch %d: worker stopping", tid, batch)
-                    raise Release()
+            # the next page is read from the holder while this one is checked, converted and delivered (one page
+            # ahead, never more); its cursor is committed only once the recipient acknowledged it, like any other
+            ahead: asyncio.Task[tuple[list[Any], str | None, int | None]] | None = None
+            try:
+                while not done:
+                    await delivery.heartbeat()
+                    if ahead is None:
+                        records, next_cursor, total = await self._page(client, row, export, cursor, corr)
+                    else:
+                        records, next_cursor, total = await ahead
+                        ahead = None
+                    self._stop_if_cancelled(row)  # heard of a revocation while the page was on its way: deliver nothing more
+                    if next_cursor is not None and not delivery.stopping:
+                        ahead = asyncio.create_task(self._page(client, row, export, next_cursor, corr))
+                    empty_pages = 0 if records else empty_pages + 1
+                    if empty_pages > MAX_EMPTY_PAGES:
+                        raise TransferEnded("failed", "holder_error", {"message": f"holder served {empty_pages} empty pages in a row"})
+                    bad = checker.first_error(records)
+                    if bad is not None:
+                        raise TransferEnded("failed", "schema_violation", {
+                            "message": f"record {served + bad.index} breaks the {row.dataset} schema: {bad.message}",
+                            "position": served + bad.index, "schema_error": bad.message, "path": bad.path,
+                        })
+                    out = self._convert(stream, records)
+                    self._check_converted(target_checker, target, out, offered)
+                    served += len(records)
+                    if records:
+                        await deliver(out, commit=True, next_cursor=next_cursor, total=total)
+                    done = next_cursor is None
+                    cursor = next_cursor
+                    if delivery.stopping and not done:
+                        log.info("transfer %s released after batch %d: worker stopping", tid, batch)
+                        raise Release()
+            finally:
+                if ahead is not None:  # an ending, an error or a release: the page read ahead is dropped (never delivered)
+                    ahead.cancel()
+                    await asyncio.wait([ahead])  # done before the client closes; our own cancellation still propagates
+                    if not ahead.cancelled():
+                        ahead.exception()  # retrieved: the ending that stopped us is the one reported
             if stream is not None:
                 # what only the whole series gives (month and year sums): batches after the last page, never committed,
                 # so that a resumed transfer computes and sends them again (same records, same idempotency keys)

@@ -2,10 +2,13 @@
 
 Implements the holder export contract (``examples/contracts/holder-export.openapi.json``)::
 
-    GET /datasets/{dataset}/records?cursor=&limit=     Authorization: Bearer <token of the customer>
+    GET /datasets/{dataset}/records?cursor=&limit=&from=&to=     Authorization: Bearer <token of the customer>
     -> 200 {"records": [...], "next_cursor": "..."}    (no next_cursor: last page)
 
-Cursors are opaque and stable: the same cursor always returns the same page.
+Cursors are opaque and stable: the same cursor always returns the same page. ``from``/``to``
+(optional, inclusive calendar days ``YYYY-MM-DD``) keep only the records whose day
+(:func:`shared.catalogue.record_day`) is inside the window; records without a day are always
+served. A cursor is bound to its query (customer, dataset and window).
 Data: the files named by ``HOLDER_FILES`` (separated by ``os.pathsep``), or a generated sample.
 Each file belongs to the customer of its meter (``usage_point_id``).
 
@@ -36,17 +39,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import threading
 import time
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from shared.catalogue import parse_file
+from shared.catalogue import in_window, parse_file
 from shared.catalogue import enedis_v5
 
 from .oauth import (CODE_TTL_S, DEV_TOKENS_CLIENT_ID, AuthorizationCode, HolderAuthorizationServer, IssuedToken, OAuthSettings,
@@ -112,6 +117,7 @@ class Faults(BaseModel):
     retry_after_s: int = Field(default=1, ge=0, le=60)
     delay_s: float = Field(default=0.0, ge=0, le=30, description="seconds to wait before serving a page")
     repeat_cursor: bool = Field(default=False, description="broken holder: always hand back the cursor it was given")
+    ignore_window: bool = Field(default=False, description="a holder that cannot filter by date: `from` and `to` are ignored")
 
 
 def write_sample(directory: Path) -> list[Path]:
@@ -144,15 +150,33 @@ class Store:
         self.codes: dict[str, AuthorizationCode] = {}
         self.used_codes: dict[str, tuple[str, float]] = {}  # redeemed code -> (grant id, until when to remember it)
         self.export_requests = 0
+        self.window_requests = 0  # export requests that named a data window (from/to)
         self.request_log: list[float] = []  # time.time() of each export request
         self.faults = Faults()
         self.lock = threading.Lock()
+        self.window_totals: dict[tuple[Any, ...], tuple[int, int]] = {}  # (customer, dataset, window) -> (records seen, inside)
 
     def customers(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for (customer, dataset), recs in list(self.data.items()):
             out.setdefault(customer, {})[dataset] = len(recs)
         return out
+
+    def window_total(self, key: tuple[str, str], window: tuple[date | None, date | None], n: int) -> int:
+        """How many of the first ``n`` records of ``key`` (customer, dataset) are inside ``window``; counted
+        once per record (the lists only grow), not on every page."""
+        cache_key = (*key, *window)
+        with self.lock:
+            seen, inside = self.window_totals.get(cache_key, (0, 0))
+        if seen > n:
+            seen, inside = 0, 0
+        recs = self.data.get(key, [])
+        inside += sum(1 for i in range(seen, n) if in_window(key[1], recs[i], *window))
+        with self.lock:
+            if len(self.window_totals) >= 1024:
+                self.window_totals.clear()
+            self.window_totals[cache_key] = (n, inside)
+        return inside
 
     def dataset_ids(self) -> list[str]:
         """Every dataset the holder serves (to some customer)."""
@@ -243,8 +267,14 @@ class Store:
         return code
 
 
-def _encode_cursor(customer: str, dataset: str, offset: int) -> str:
-    raw = json.dumps({"c": customer, "d": dataset, "o": offset}, separators=(",", ":")).encode()
+def _encode_cursor(customer: str, dataset: str, offset: int, window: tuple[date | None, date | None] = (None, None)) -> str:
+    """``offset`` is a position in the customer's whole list (not in the window), so that the cursor
+    stays stable when records are appended; the window's bounds, when set, are part of the query."""
+    value: dict[str, Any] = {"c": customer, "d": dataset, "o": offset}
+    for key, bound in zip(("f", "t"), window):
+        if bound is not None:
+            value[key] = bound.isoformat()
+    raw = json.dumps(value, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -254,6 +284,27 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("o"), int) or value["o"] < 0:
         raise ValueError("bad cursor")
     return value
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_WINDOW_DOC = ("{} day of the data window, inclusive (YYYY-MM-DD): serve only the records about {} (a record's day "
+               "as its dataset type's time convention defines it); records without a day (a contract, an address) are "
+               "always served. Optional: a holder that cannot filter by date may ignore it, the broker drops records "
+               "outside the consent's window anyway. Send the same `from` and `to` with every page of a walk and with a "
+               "resume_cursor: a cursor belongs to its window.")
+DateParam = Annotated[str | None, WithJsonSchema({"type": "string", "format": "date"})]
+
+
+def _window_bound(name: str, value: str | None) -> date | None:
+    """The day ``value`` (``YYYY-MM-DD``), None when absent; ValueError when it is not a date."""
+    if value is None:
+        return None
+    if not _ISO_DATE.fullmatch(value):
+        raise ValueError(f"`{name}` is not a date (YYYY-MM-DD): {value[:40]!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"`{name}` is not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None = None) -> FastAPI:
@@ -285,10 +336,14 @@ def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None =
 
     @app.get("/datasets/{dataset}/records", response_model=None,
              responses={200: {"model": RecordsPage, "description": "a page of records"}, 401: {"description": "no or unknown token"},
-                        403: {"description": "token does not cover this dataset"}, 400: {"description": "bad cursor"}})
+                        403: {"description": "token does not cover this dataset"},
+                        400: {"description": "bad cursor (not issued by the holder, or for another query), or `from`/`to` "
+                                             "not a date, or `from` after `to`"}})
     def records(dataset: str, authorization: str | None = Header(default=None), cursor: str | None = Query(None, max_length=2048),
-                limit: int = Query(100, ge=1, le=MAX_LIMIT)) -> Any:
-        """A page of the token's customer's records of ``dataset``."""
+                limit: int = Query(100, ge=1, le=MAX_LIMIT),
+                date_from: Annotated[DateParam, Query(alias="from", description=_WINDOW_DOC.format("First", "this day or later"))] = None,
+                date_to: Annotated[DateParam, Query(alias="to", description=_WINDOW_DOC.format("Last", "this day or earlier"))] = None) -> Any:
+        """A page of the token's customer's records of ``dataset`` (only those of the window ``from``..``to``, when given)."""
         with store.lock:
             store.export_requests += 1
             n = store.export_requests
@@ -305,22 +360,47 @@ def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None =
             return grant
         if dataset not in grant["datasets"]:
             return problem(403, "Forbidden", f"the token does not cover dataset {dataset}")
+        try:
+            window = (_window_bound("from", date_from), _window_bound("to", date_to))
+        except ValueError as exc:
+            return problem(400, "Bad request", str(exc))
+        start, end = window
+        if start is not None and end is not None and start > end:
+            return problem(400, "Bad request", f"`from` ({start}) is after `to` ({end})")
+        if start is not None or end is not None:
+            store.window_requests += 1
+        if faults.ignore_window:
+            window = start, end = None, None
         offset = 0
         if cursor:
             try:
                 c = _decode_cursor(cursor)
             except (ValueError, TypeError, UnicodeDecodeError):
                 return problem(400, "Bad cursor", "the cursor is not one this holder issued")
-            if c.get("c") != grant["customer_id"] or c.get("d") != dataset:
+            if (c.get("c") != grant["customer_id"] or c.get("d") != dataset
+                    or c.get("f") != (start.isoformat() if start else None) or c.get("t") != (end.isoformat() if end else None)):
                 return problem(400, "Bad cursor", "the cursor belongs to another query")
             offset = c["o"]
-        recs = store.data.get((grant["customer_id"], dataset), [])
-        page = recs[offset: offset + limit]
-        body: dict[str, Any] = {"records": page, "total": len(recs)}
-        if offset + limit < len(recs):
-            body["next_cursor"] = cursor if (faults.repeat_cursor and cursor) else _encode_cursor(grant["customer_id"], dataset, offset + limit)
+        key = (grant["customer_id"], dataset)
+        recs = store.data.get(key, [])
+        size = len(recs)  # the lists only grow (appends): what is past size now is for the next request
+        windowed = start is not None or end is not None
+        if not windowed:
+            positions = list(range(offset, min(size, offset + limit + 1)))
         else:
-            body["resume_cursor"] = _encode_cursor(grant["customer_id"], dataset, max(offset, len(recs)))
+            positions = []  # positions (in the whole list) of this page's records, plus one more if any
+            for i in range(offset, size):
+                if in_window(dataset, recs[i], start, end):
+                    positions.append(i)
+                    if len(positions) > limit:
+                        break
+        body: dict[str, Any] = {"records": [recs[i] for i in positions[:limit]],
+                                "total": store.window_total(key, window, size) if windowed else size}
+        if len(positions) > limit:
+            after = positions[limit - 1] + 1
+            body["next_cursor"] = cursor if (faults.repeat_cursor and cursor) else _encode_cursor(grant["customer_id"], dataset, after, window)
+        else:
+            body["resume_cursor"] = _encode_cursor(grant["customer_id"], dataset, max(offset, size), window)
         return JSONResponse(body)  # records go out as the holder keeps them, without a second validation
 
     @app.get("/grant", response_model=None, tags=["oauth"],
@@ -383,7 +463,8 @@ def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None =
     @app.get("/dev/stats", tags=["development"])
     def stats(request: Request) -> dict[str, Any]:
         """How many export requests arrived, and when (Unix times)."""
-        return {"export_requests": store.export_requests, "request_times": list(store.request_log[-10000:])}
+        return {"export_requests": store.export_requests, "window_requests": store.window_requests,
+                "request_times": list(store.request_log[-10000:])}
 
     @app.put("/dev/faults", tags=["development"])
     def set_faults(body: Faults) -> Faults:

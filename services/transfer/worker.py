@@ -9,7 +9,9 @@ For each job (../shared/DESIGN.md, "The main job", step 4):
    ``cancelled`` with the reason.
 2. ``registry.participant.get`` for both parties and ``registry.dataset.get`` for the schema.
 3. ``consent.token.get`` for the holder access token.
-4. Pages ``GET {export}/datasets/{dataset}/records?cursor&limit`` (holder export contract);
+4. Pages ``GET {export}/datasets/{dataset}/records?cursor&limit[&from&to]`` (holder export
+   contract; ``from``/``to``: the consent's data window, and records the holder serves dated
+   outside it are dropped, never delivered: :mod:`shared.catalogue.windows`);
    every record is validated against the dataset schema; each page is pushed as batch ``n``
    with ``Idempotency-Key: {id}:{n}``; after the recipient's acknowledgement the cursor,
    counts and bytes are committed together with a progress event. The worker reads one page
@@ -41,7 +43,7 @@ import os
 import socket
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
@@ -50,7 +52,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from shared import envelope, subjects, telemetry
 from shared.canonical import RecordDigest, canonical
-from shared.catalogue import converters
+from shared.catalogue import converters, windows
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
 from shared.outbox import add_event
@@ -86,6 +88,16 @@ async def _canonical_texts(records: list[Any]) -> list[bytes]:
         await asyncio.sleep(0)
         texts += [canonical(r) for r in records[start:start + CANONICAL_CHUNK]]
     return texts
+
+
+def _day(value: Any) -> date | None:
+    """An ISO date (or the date of an ISO datetime) from a consent field; None for null or unreadable."""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
 
 
 def retry_after_seconds(value: str | None, *, cap: float = 60.0) -> float | None:
@@ -189,6 +201,8 @@ class TransferWorker:
         self._slot: str | None = None  # the holder slot taken for the current transfer
         self._holder: dict[str, Any] = {}
         self._resume_cursor: str | None = None
+        self._window: tuple[date | None, date | None] = (None, None)  # the consent's data window (inclusive days)
+        self._outside_window = 0  # records the holder served outside it (dropped, never delivered)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}"
 
     async def handle(self, env: dict[str, Any], delivery: Delivery) -> None:
@@ -259,8 +273,9 @@ class TransferWorker:
         if reason:
             raise TransferEnded("cancelled", reason, {"message": f"stopped: {reason.replace('_', ' ')}"})
 
-    async def _guard(self, row: Any, corr: str) -> None:
-        """Before every request to the holder: cancelled by an event? consent still valid?"""
+    async def _guard(self, row: Any, corr: str) -> dict[str, Any]:
+        """Before every request to the holder: cancelled by an event? consent still valid? Returns the consent
+        (``consent.check``'s ``consent``); raises TransferEnded when the transfer must stop."""
         self._stop_if_cancelled(row)
         check = await self.bus.request(subjects.CONSENT_CHECK, {"consent_id": row.consent_id, "dataset": row.dataset}, correlation_id=corr)
         if not check["valid"]:
@@ -268,6 +283,19 @@ class TransferWorker:
             if why in ("consent_revoked", "consent_expired"):
                 raise TransferEnded("cancelled", why, {"message": f"stopped: consent is {check.get('status')}"})
             raise TransferEnded("failed", "consent_invalid", {"message": f"consent is not valid: {check['reason']}", "consent_reason": check["reason"]})
+        return dict(check.get("consent") or {})
+
+    def _windowed(self, dataset: str, records: list[Any], *, count: bool = True) -> list[Any]:
+        """``records`` without those dated outside the consent's data window (``data_from``..``data_to``, inclusive;
+        undated records and types are kept: :func:`shared.catalogue.windows.in_window`); ``count`` adds the
+        dropped ones to ``self._outside_window``."""
+        start, end = self._window
+        if (start is None and end is None) or not windows.has_days(dataset):
+            return records
+        kept = [r for r in records if not isinstance(r, dict) or windows.in_window(dataset, r, start, end)]
+        if count:
+            self._outside_window += len(records) - len(kept)
+        return kept
 
     async def _participant(self, pid: str, corr: str) -> dict[str, Any]:
         try:
@@ -324,6 +352,11 @@ class TransferWorker:
         params: dict[str, Any] = {"limit": self.rt.settings.transfer_page_limit}
         if cursor:
             params["cursor"] = cursor
+        # the consent's data window (holder export contract: optional, inclusive ISO dates; records outside it are
+        # dropped here anyway, for a holder that cannot filter)
+        for name, day in zip(("from", "to"), self._window):
+            if day is not None:
+                params[name] = day.isoformat()
         for refreshed in (False, True):
             with telemetry.tracer().start_as_current_span("holder page", attributes={"transfer.id": row.id}):
                 resp = await self._call(client, "GET", f"{export}/datasets/{row.dataset}/records", params=params,
@@ -395,7 +428,9 @@ class TransferWorker:
     async def _run(self, row: Any, env: dict[str, Any], delivery: Delivery) -> None:
         corr = env["correlation_id"]
         tid = row.id
-        await self._guard(row, corr)
+        consent = await self._guard(row, corr)
+        self._window = (_day(consent.get("data_from")), _day(consent.get("data_to")))
+        self._outside_window = 0
         holder = await self._participant(row.holder_id, corr)
         recipient = await self._participant(row.recipient_id, corr)
         self._slot = await self.limits.take_slot(holder, owner=row.id)
@@ -429,7 +464,7 @@ class TransferWorker:
                 for _ in range(row.batches):
                     await delivery.heartbeat()
                     records, cursor, _total = await self._page(client, row, export, cursor, corr)
-                    out = self._convert(stream, records)
+                    out = self._convert(stream, self._windowed(row.dataset, records, count=False))
                     kept = [r for i, r in enumerate(out) if offered + i not in skip]
                     digest.update(kept)
                     served += len(records)
@@ -510,7 +545,7 @@ class TransferWorker:
                             "message": f"record {served + bad.index} breaks the {row.dataset} schema: {bad.message}",
                             "position": served + bad.index, "schema_error": bad.message, "path": bad.path,
                         })
-                    out = self._convert(stream, records)
+                    out = self._convert(stream, self._windowed(row.dataset, records))
                     self._check_converted(target_checker, target, out, offered)
                     served += len(records)
                     if records:
@@ -542,6 +577,11 @@ class TransferWorker:
                 raise TransferEnded("failed", "manifest_mismatch", {"message": f"recipient did not confirm the manifest ({ack.status or adapter.protocol})",
                                                                      "manifest": manifest, "recipient": ack.detail})
         notes = self._notes(stream)
+        if self._outside_window:
+            start, end = self._window
+            notes["outside_window"] = {"records": self._outside_window, "data_from": start.isoformat() if start else None,
+                                       "data_to": end.isoformat() if end else None,
+                                       "message": f"{self._outside_window} records the holder served were outside the consent's data window: not delivered"}
         if refused:  # what arrived is exactly what the recipient holds, but not all that the holder served
             await self._finish(tid, "partial", reason="records_refused", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
                                error={"message": f"the recipient refused {len(refused)} of {offered} records",

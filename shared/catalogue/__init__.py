@@ -9,5 +9,7 @@ any value (values keep the type and spelling of the source).
 from __future__ import annotations
 
 from .registry import DATASET_TYPES, DatasetType, ParsedFile, UnknownFormat, get_dataset_type, parse_file, quirks, validator
+from .windows import has_days, in_window, record_day
 
-__all__ = ["DATASET_TYPES", "DatasetType", "ParsedFile", "UnknownFormat", "get_dataset_type", "parse_file", "quirks", "validator"]
+__all__ = ["DATASET_TYPES", "DatasetType", "ParsedFile", "UnknownFormat", "get_dataset_type", "has_days", "in_window", "parse_file",
+           "quirks", "record_day", "validator"]

@@ -12,6 +12,7 @@ import pytest
 
 from shared.canonical import records_digest
 from shared.catalogue import parse_file
+from examples.cloud.app import DEV_OWNER_TOKEN
 from shared.demo import client_as, CLOUD_ID, HOLDER_ID, consented_transfer, register_participants
 from shared.launcher import Stack
 from tests.conftest import BAD_CUSTOMER, BAD_POSITION, PAGE_LIMIT, REAL_ENEDIS_FILES
@@ -183,3 +184,48 @@ def test_holder_whose_cursor_does_not_advance_fails_the_transfer(client: httpx.C
         client.put(f"{stack.url('holder')}/dev/faults", json={}).raise_for_status()
     t = result["transfer"]
     assert t["status"] == "failed" and t["reason"] == "holder_error" and "does not advance" in t["error"]["message"], t
+
+
+@pytest.mark.parametrize("holder_filters", [True, False], ids=["holder-filters", "holder-ignores-window"])
+def test_only_records_inside_the_consents_data_window_arrive(holder_filters: bool, real_dir, client: httpx.Client, stack: Stack) -> None:
+    """The consent's data_from/data_to go to the holder as from/to; a holder that cannot filter still gets
+    nothing outside the window delivered: the worker drops those records and says how many."""
+    from datetime import date
+
+    from shared.catalogue import in_window
+
+    name = "enedis_v5_daily_consumption_myelectricaldatapy.json"
+    parsed = parse_file(real_dir / name)
+    dataset = parsed.dataset_id
+    start, end = date(2022, 5, 1), date(2022, 6, 15)
+    inside = [r for r in parsed.records if in_window(dataset, r, start, end)]
+    assert 0 < len(inside) < len(parsed.records)
+    assert client.put(f"{stack.url('holder')}/dev/faults", json={"ignore_window": not holder_filters}).status_code == 200
+    try:
+        stats = client.get(f"{stack.url('holder')}/dev/stats").json()
+        before = (stats["export_requests"], stats["window_requests"])
+        with client_as(stack, CLOUD_ID) as cloud:
+            consent = cloud.post(f"{stack.url('consent')}/consents", json={
+                "data_subject": f"subject-window-{holder_filters}", "holder_id": HOLDER_ID, "recipient_id": CLOUD_ID, "datasets": [dataset],
+                "purpose": "Spring consumption only", "data_from": start.isoformat(), "data_to": end.isoformat()}).json()
+            token = client.post(f"{stack.url('holder')}/dev/tokens", json={"customer_id": parsed.subject_key, "datasets": [dataset]}).json()
+            client.post(f"{stack.url('consent')}/consents/{consent['id']}/authorise", json=token).raise_for_status()
+            t = cloud.post(f"{stack.url('transfer')}/transfers", json={"consent_id": consent["id"], "dataset": dataset}).json()
+            deadline = time.monotonic() + 60
+            while t["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+                t = cloud.get(f"{stack.url('transfer')}/transfers/{t['id']}").json()
+        assert t["status"] == "completed", t
+        got = client.get(f"{stack.url('cloud')}/transfers/{t['id']}/records", headers={"Authorization": f"Bearer {DEV_OWNER_TOKEN}"}).json()["records"]
+        assert got == inside and t["records"] == len(inside) and t["sha256"] == records_digest(inside)
+        stats = client.get(f"{stack.url('holder')}/dev/stats").json()
+        requests, with_window = stats["export_requests"] - before[0], stats["window_requests"] - before[1]
+        assert requests >= 1 and with_window == requests  # every page was asked with the window
+        if holder_filters:
+            assert not (t.get("error") or {}).get("outside_window")
+        else:
+            assert t["error"]["outside_window"]["records"] == len(parsed.records) - len(inside)
+            assert t["error"]["outside_window"]["data_from"] == start.isoformat()
+    finally:
+        client.put(f"{stack.url('holder')}/dev/faults", json={})

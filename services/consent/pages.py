@@ -434,6 +434,19 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
     return _set_cookie(request, resp, sid)
 
 
+async def _own_consent(request: Request, session: Any, consent_id: str) -> dict[str, Any] | Response:
+    """The consent ``consent_id`` if it is one of the session's identities', else the page to answer:
+    404 unknown, 403 someone else's (the revoke routes' shared lookup)."""
+    t = _translator(_lang(request))
+    try:
+        c = await service.get_consent(_rt(request), consent_id=consent_id)
+    except NotFound:
+        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
+    if not _owns(session, c):
+        return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+    return c
+
+
 @router.get("/me/consents/{consent_id}/revoke", response_class=HTMLResponse)
 async def dashboard_revoke_confirm(consent_id: str, request: Request) -> Response:
     """Revoke's confirmation page (no JavaScript needed): what revoking does, in plain words (the recipient
@@ -451,12 +464,9 @@ async def dashboard_revoke_confirm(consent_id: str, request: Request) -> Respons
     session = await _session(request)
     if session is None or not session.identities:
         return _message(request, 403, "error_title", t("signed_out"), link="/me", link_text=t("dashboard"))
-    try:
-        c = await service.get_consent(rt, consent_id=consent_id)
-    except NotFound:
-        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
-    if not _owns(session, c):
-        return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+    c = await _own_consent(request, session, consent_id)
+    if isinstance(c, Response):
+        return c
     if c["status"] == "revoked":
         return RedirectResponse(f"/me?revoked={c['id']}", status_code=303)
     try:
@@ -479,12 +489,9 @@ async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("
     session = await _session(request)
     if not _csrf_ok(session, csrf):
         return _message(request, 403, "error_title", t("csrf"), link="/me", link_text=t("dashboard"))
-    try:
-        c = await service.get_consent(rt, consent_id=consent_id)
-    except NotFound:
-        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
-    if not _owns(session, c):
-        return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+    owned = await _own_consent(request, session, consent_id)
+    if isinstance(owned, Response):
+        return owned
     try:
         await service.revoke(rt, consent_id=consent_id, by="data_subject")
     except Conflict as exc:

@@ -9,8 +9,12 @@ from typing import Any
 import rfc8785
 
 
+CanonicalizationError = rfc8785.CanonicalizationError  # a value RFC 8785 cannot write: NaN, infinities, integers beyond 2**53
+
+
 def canonical(obj: Any) -> bytes:
-    """RFC 8785 canonical JSON bytes of ``obj`` (UTF-8, sorted keys, no whitespace)."""
+    """RFC 8785 canonical JSON bytes of ``obj`` (UTF-8, sorted keys, no whitespace).
+    Raises :data:`CanonicalizationError` (a ValueError) for NaN, infinities and integers beyond +-(2**53 - 1)."""
     return rfc8785.dumps(obj)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_RECIPIENT_TOKEN = "dev-broker-recipient-token"
@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     # how often the consent service sweeps expired consents, and retries notifications and token revocations
     consent_sweep_interval_s: float = 5.0
     # consent.check answers an authorised consent read within this many seconds without reading it again; every
-    # change of a consent empties that cache (events from other replicas too); 0 reads the database every time
-    consent_check_cache_s: float = 1.0
+    # change of a consent empties that cache (events from other replicas too); 0 reads the database every time; at most 5
+    consent_check_cache_s: float = Field(default=1.0, ge=0, le=5)
     # the longest consent any holder may allow (a holder sets its own cap up to this, in the registry)
     consent_max_days_cap: int = 1095
     # the person's browser session on the broker's pages, in seconds; cookies are Secure outside development

@@ -377,8 +377,12 @@ def create_app(files: list[Path] | None = None, *, oauth: OAuthSettings | None =
                 c = _decode_cursor(cursor)
             except (ValueError, TypeError, UnicodeDecodeError):
                 return problem(400, "Bad cursor", "the cursor is not one this holder issued")
+            # a cursor's offset is a position in the customer's whole list: one issued without a window (before the
+            # window existed, e.g. a recurring consent's resume_cursor) goes on with the window asked now
+            windowless = "f" not in c and "t" not in c
             if (c.get("c") != grant["customer_id"] or c.get("d") != dataset
-                    or c.get("f") != (start.isoformat() if start else None) or c.get("t") != (end.isoformat() if end else None)):
+                    or (not windowless and (c.get("f") != (start.isoformat() if start else None)
+                                            or c.get("t") != (end.isoformat() if end else None)))):
                 return problem(400, "Bad cursor", "the cursor belongs to another query")
             offset = c["o"]
         key = (grant["customer_id"], dataset)

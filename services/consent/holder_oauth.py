@@ -103,8 +103,10 @@ async def metadata(holder: dict[str, Any], *, development: bool = True) -> dict[
 
 
 async def authorization_url(settings: Settings, holder: dict[str, Any], *, redirect_uri: str, scope: list[str],
-                            login_hint: str | None = None) -> tuple[str, str, str]:
-    """Where to send the person: ``(url, state, code_verifier)`` (RFC 6749 section 4.1.1 with RFC 7636 S256)."""
+                            login_hint: str | None = None, ui_locales: str | None = None) -> tuple[str, str, str]:
+    """Where to send the person: ``(url, state, code_verifier)`` (RFC 6749 section 4.1.1 with RFC 7636 S256).
+    ``ui_locales``: the language of the broker's page the person came from (OpenID Connect Core 1.0 section
+    3.1.2.1, which many OAuth servers honour), so that the holder's login page can speak it too."""
     meta = await metadata(holder, development=settings.environment == "development")
     verifier = generate_token(64)
     state = generate_token(32)
@@ -112,6 +114,8 @@ async def authorization_url(settings: Settings, holder: dict[str, Any], *, redir
     extra: dict[str, str] = {"code_challenge": create_s256_code_challenge(verifier), "code_challenge_method": "S256"}
     if login_hint:
         extra["login_hint"] = login_hint
+    if ui_locales:
+        extra["ui_locales"] = ui_locales
     url = prepare_grant_uri(meta["authorization_endpoint"], client_id, "code", redirect_uri=redirect_uri, scope=" ".join(scope),
                             state=state, **extra)
     return url, state, verifier

@@ -253,14 +253,7 @@ async def consent_screen(consent_id: str, request: Request) -> Response:
     await service.set_flow_step(rt, consent_id=consent_id, step="screen")
     lang = _lang(request)
     holder_name, recipient_name = await _name(rt, c["holder_id"]), await _name(rt, c["recipient_id"])
-    if c["data_from"] and c["data_to"]:
-        window = t("window_range", start=_date(c["data_from"], lang), end=_date(c["data_to"], lang))
-    elif c["data_from"]:
-        window = t("window_from", start=_date(c["data_from"], lang))
-    elif c["data_to"]:
-        window = t("window_to", end=_date(c["data_to"], lang))
-    else:
-        window = t("window_all", holder=holder_name)
+    window = _window_words(c, lang, holder_name) or t("window_all", holder=holder_name)
     how_often = t("one_off") if c["one_off"] else t("recurring", frequency=_frequency_words(c["frequency"] or "P1D", lang))
     datasets = [{"id": ds, "title": await _dataset_title(rt, ds)} for ds in c["datasets"]]
     resp = _render(request, "screen.html", title=t("title_screen"), consent=c, holder_name=holder_name, recipient_name=recipient_name,
@@ -294,7 +287,7 @@ async def consent_decision(consent_id: str, request: Request, action: str = Form
     redirect_uri = _callback_url(request)
     try:
         url, state, verifier = await holder_oauth.authorization_url(rt.settings, holder, redirect_uri=redirect_uri, scope=c["datasets"],
-                                                                    login_hint=c.get("holder_subject"))
+                                                                    login_hint=c.get("holder_subject"), ui_locales=_lang(request))
     except BrokerError:
         return _message(request, 502, "error_title", t("holder_down", holder=holder_name), link=f"/consent/{consent_id}", link_text=t("title_screen"))
     await _start_flow(rt, kind="consent", state=state, verifier=verifier, holder_id=c["holder_id"], consent_id=consent_id,
@@ -422,7 +415,8 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
                 titles[tr["dataset"]] = await _dataset_title(rt, tr["dataset"])
             tr.update(time_text=_date_time(tr.get("time"), lang), dataset_title=titles.get(tr.get("dataset") or "", tr.get("dataset")))
         c.update(holder_name=names[c["holder_id"]], recipient_name=names[c["recipient_id"]], dataset_titles=[titles[d] for d in c["datasets"]],
-                 expires=_date(c["expires_at"], lang), transfers=trs, has_receipt=c["id"] in with_receipt)
+                 expires=_date(c["expires_at"], lang), transfers=trs, has_receipt=c["id"] in with_receipt,
+                 window=(_window_words(c, lang, names[c["holder_id"]]) or "").rstrip(".") or None)
     active = [c for c in consents if c["status"] in ("authorised", "requested")]
     past = [c for c in consents if c["status"] not in ("authorised", "requested")]
     flash = None
@@ -432,6 +426,18 @@ async def dashboard(request: Request, done: str | None = Query(None, max_length=
             flash = t(key, recipient=match["recipient_name"], holder=match["holder_name"])
     resp = _render(request, "dashboard.html", title=t("dashboard"), sections=[("active", active), ("past", past)], csrf=session.csrf, flash=flash)
     return _set_cookie(request, resp, sid)
+
+
+def _window_words(c: dict[str, Any], lang: str, holder_name: str) -> str | None:
+    """The consent's data window in plain words ("From 2 January 2025 to 3 January 2025."), None without one."""
+    t = _translator(lang)
+    if c.get("data_from") and c.get("data_to"):
+        return str(t("window_range", start=_date(c["data_from"], lang), end=_date(c["data_to"], lang)))
+    if c.get("data_from"):
+        return str(t("window_from", start=_date(c["data_from"], lang)))
+    if c.get("data_to"):
+        return str(t("window_to", end=_date(c["data_to"], lang)))
+    return None
 
 
 async def _own_consent(request: Request, session: Any, consent_id: str) -> dict[str, Any] | Response:
@@ -472,7 +478,7 @@ async def dashboard_revoke_confirm(consent_id: str, request: Request) -> Respons
     try:
         check_transition(c["status"], "revoked", consent_id=c["id"])
     except Conflict:
-        return _message(request, 409, "title_screen", t("already", status=t(f"status_{c['status']}")), link="/me", link_text=t("dashboard"))
+        return _message(request, 409, "revoke_title", t("already", status=t(f"status_{c['status']}")), link="/me", link_text=t("dashboard"))
     return _render(request, "revoke.html", title=t("revoke_title"), consent=c, holder_name=await _name(rt, c["holder_id"]),
                    recipient_name=await _name(rt, c["recipient_id"]), dataset_titles=[await _dataset_title(rt, d) for d in c["datasets"]],
                    csrf=session.csrf)
@@ -495,7 +501,7 @@ async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("
     try:
         await service.revoke(rt, consent_id=consent_id, by="data_subject")
     except Conflict as exc:
-        return _message(request, 409, "title_screen", t("already", status=t(f"status_{exc.extra.get('current_status')}")),
+        return _message(request, 409, "revoke_title", t("already", status=t(f"status_{exc.extra.get('current_status')}")),
                         link="/me", link_text=t("dashboard"))
     return RedirectResponse(f"/me?revoked={consent_id}", status_code=303)
 
@@ -541,7 +547,8 @@ async def dashboard_login(request: Request, holder_id: str = Query(min_length=1,
     known = await service.a_dataset_of_holder(rt, holder_id=holder_id)
     scope = [known] if known else list(holder.get("datasets_offered") or [])[:1]
     try:
-        url, state, verifier = await holder_oauth.authorization_url(rt.settings, holder, redirect_uri=redirect_uri, scope=scope)
+        url, state, verifier = await holder_oauth.authorization_url(rt.settings, holder, redirect_uri=redirect_uri, scope=scope,
+                                                                    ui_locales=_lang(request))
     except BrokerError:
         return _message(request, 502, "error_title", t("holder_down", holder=holder.get("name") or holder_id))
     await _start_flow(rt, kind="login", state=state, verifier=verifier, holder_id=holder_id, consent_id=None,

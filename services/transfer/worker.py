@@ -39,6 +39,7 @@ import asyncio
 import email.utils
 import hashlib
 import itertools
+import json
 import os
 import socket
 import logging
@@ -51,7 +52,7 @@ from sqlalchemy import select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from shared import envelope, subjects, telemetry
-from shared.canonical import RecordDigest, canonical
+from shared.canonical import CanonicalizationError, RecordDigest, canonical
 from shared.catalogue import converters, windows
 from shared.consumer import Abandon, ConsumerSpec, Delivery, PullConsumer, Postpone, Reject, Release, Retry
 from shared.errors import BrokerError, InvalidInput, NotFound, Unavailable
@@ -88,6 +89,15 @@ async def _canonical_texts(records: list[Any]) -> list[bytes]:
         await asyncio.sleep(0)
         texts += [canonical(r) for r in records[start:start + CANONICAL_CHUNK]]
     return texts
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(name: str) -> Any:
+    """``json.loads``' ``parse_constant``: Python reads NaN and Infinity, which are not JSON (RFC 8259 section 6)."""
+    raise _NotJson(f"{name} is not a JSON number (RFC 8259 section 6)")
 
 
 def _day(value: Any) -> date | None:
@@ -278,6 +288,7 @@ class TransferWorker:
         (``consent.check``'s ``consent``); raises TransferEnded when the transfer must stop."""
         self._stop_if_cancelled(row)
         check = await self.bus.request(subjects.CONSENT_CHECK, {"consent_id": row.consent_id, "dataset": row.dataset}, correlation_id=corr)
+        self._stop_if_cancelled(row)  # a revocation heard while the check was on its way wins over its answer
         if not check["valid"]:
             why = {"not_authorised": f"consent_{check.get('status')}", "expired": "consent_expired"}.get(check["reason"], "consent_invalid")
             if why in ("consent_revoked", "consent_expired"):
@@ -285,16 +296,16 @@ class TransferWorker:
             raise TransferEnded("failed", "consent_invalid", {"message": f"consent is not valid: {check['reason']}", "consent_reason": check["reason"]})
         return dict(check.get("consent") or {})
 
-    def _windowed(self, dataset: str, records: list[Any], *, count: bool = True) -> list[Any]:
-        """``records`` without those dated outside the consent's data window (``data_from``..``data_to``, inclusive;
-        undated records and types are kept: :func:`shared.catalogue.windows.in_window`); ``count`` adds the
-        dropped ones to ``self._outside_window``."""
+    def _windowed(self, dataset: str, records: list[Any]) -> list[Any]:
+        """``records`` without those outside the consent's data window (``data_from``..``data_to``, inclusive): a
+        record of a dated type is kept only if its day can be read and is inside (a holder's unreadable or odd date
+        never carries data out of the window); records of undated types (a contract...) are all kept
+        (:func:`shared.catalogue.windows.in_window`, strict); the dropped ones are counted in ``self._outside_window``."""
         start, end = self._window
         if (start is None and end is None) or not windows.has_days(dataset):
             return records
-        kept = [r for r in records if not isinstance(r, dict) or windows.in_window(dataset, r, start, end)]
-        if count:
-            self._outside_window += len(records) - len(kept)
+        kept = [r for r in records if not isinstance(r, dict) or windows.in_window(dataset, r, start, end, strict=True)]
+        self._outside_window += len(records) - len(kept)
         return kept
 
     async def _participant(self, pid: str, corr: str) -> dict[str, Any]:
@@ -371,13 +382,15 @@ class TransferWorker:
         if resp.status_code != 200:
             raise TransferEnded("failed", "holder_error", {"message": f"holder answered {resp.status_code}: {_problem_of(resp)}"})
         try:
-            page = resp.json()
+            page = json.loads(resp.content, parse_constant=_not_json)
             records = page["records"]
             next_cursor = page.get("next_cursor")
             total = page.get("total")
             resume = page.get("resume_cursor")
             if not isinstance(records, list) or (next_cursor is not None and not isinstance(next_cursor, str)):
                 raise TypeError("records must be a list and next_cursor a string")
+        except _NotJson as exc:
+            raise TransferEnded("failed", "holder_error", {"message": f"holder page is not JSON: {exc}"}) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransferEnded("failed", "holder_error", {"message": f"holder page is not a records page: {type(exc).__name__}"}) from None
         if len(records) > params["limit"]:
@@ -464,7 +477,7 @@ class TransferWorker:
                 for _ in range(row.batches):
                     await delivery.heartbeat()
                     records, cursor, _total = await self._page(client, row, export, cursor, corr)
-                    out = self._convert(stream, self._windowed(row.dataset, records, count=False))
+                    out = self._convert(stream, self._windowed(row.dataset, records))
                     kept = [r for i, r in enumerate(out) if offered + i not in skip]
                     digest.update(kept)
                     served += len(records)
@@ -498,16 +511,20 @@ class TransferWorker:
                         try:
                             texts = await _canonical_texts(records)  # while the recipient takes the batch
                             refused_here = (await put).refused
+                        except CanonicalizationError as exc:
+                            raise TransferEnded("failed", "holder_error", {
+                                "message": f"a record of batch {batch} cannot be written as RFC 8785 canonical JSON ({type(exc).__name__}: "
+                                           "NaN, an infinity or an integer beyond 2**53), so no manifest can cover it"}) from None
                         except TransferEnded as end:
                             if end.reason == "destination_full":
                                 end.error.update(batch=batch, delivered_records=digest.count)
                             raise
                         finally:
-                            if not put.done():  # the texts failed: the batch is dropped (its idempotency key makes a retry safe)
+                            if not put.done():  # the texts failed: the batch is dropped (never committed; a retry is deduplicated)
                                 put.cancel()
                                 await asyncio.wait([put])
-                                if not put.cancelled():
-                                    put.exception()
+                            if not put.cancelled():
+                                put.exception()  # retrieved (None if it went well): the error reported is the one raised here
                 refused += [{"position": offered + i, "batch": batch, "index": i, "reason": why} for i, why in refused_here.items()]
                 before_bytes = digest.bytes
                 digest.update_canonical(text for i, text in enumerate(texts) if i not in refused_here)
@@ -581,7 +598,8 @@ class TransferWorker:
             start, end = self._window
             notes["outside_window"] = {"records": self._outside_window, "data_from": start.isoformat() if start else None,
                                        "data_to": end.isoformat() if end else None,
-                                       "message": f"{self._outside_window} records the holder served were outside the consent's data window: not delivered"}
+                                       "message": f"{self._outside_window} records the holder served were outside the consent's data window "
+                                                  "(or had no readable date): not delivered"}
         if refused:  # what arrived is exactly what the recipient holds, but not all that the holder served
             await self._finish(tid, "partial", reason="records_refused", sha256=digest.hexdigest(), records=digest.count, nbytes=digest.bytes,
                                error={"message": f"the recipient refused {len(refused)} of {offered} records",

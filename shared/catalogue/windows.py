@@ -302,11 +302,14 @@ def has_days(dataset_id: str) -> bool:
     return DAY_OF.get(dataset_id) is not None
 
 
-def in_window(dataset_id: str, record: Mapping[str, Any], start: date | None, end: date | None) -> bool:
-    """True when the record is inside [start, end] (inclusive, None = open), or when it has no day (undated records are never filtered out)."""
+def in_window(dataset_id: str, record: Mapping[str, Any], start: date | None, end: date | None, *, strict: bool = False) -> bool:
+    """True when the record is inside [start, end] (inclusive, None = open), or when it has no day: records of
+    undated types are never filtered out, and neither are records of a dated type whose day cannot be read,
+    unless ``strict`` (then they are outside any window that has a bound: what the broker applies, since it
+    cannot tell such a record is inside what the person consented to)."""
     day = record_day(dataset_id, record)
     if day is None:
-        return True
+        return not (strict and has_days(dataset_id) and (start is not None or end is not None))
     if isinstance(start, datetime):
         start = start.date()
     if isinstance(end, datetime):

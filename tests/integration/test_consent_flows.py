@@ -485,3 +485,25 @@ def test_signing_in_again_through_the_holder_shows_that_customers_consents(c: ht
         r = other.get(f"{fl.url('consent')}/me/login", params={"holder_id": HOLDER_ID})
         other.get(holder_login(other, str(r.headers["location"]), OTHER_CUSTOMER))
         assert f'id="consent-{cons["id"]}"' not in other.get(f"{fl.url('consent')}/me").text
+
+
+def test_the_holder_login_speaks_the_language_of_the_consent_screen(c: httpx.Client, fl: Stack, customer: str) -> None:
+    """?lang=fr on the broker's screen goes to the holder as ui_locales=fr (OpenID Connect), and its login page is French."""
+    cons = ask(c, fl, "flow-francais")
+    with httpx.Client(timeout=30) as browser:
+        screen = browser.get(f"{fl.url('consent')}/consent/{cons['id']}", params={"lang": "fr"})
+        assert screen.status_code == 200 and 'lang="fr"' in screen.text
+        r = browser.post(f"{fl.url('consent')}/consent/{cons['id']}/decision", data={"csrf": CSRF.search(screen.text)[1], "action": "allow"})
+        location = str(r.headers["location"])
+        assert "ui_locales=fr" in location
+        page = browser.get(location)  # no Accept-Language: the holder follows ui_locales
+        assert page.status_code == 200 and 'lang="fr"' in page.text, page.text[:300]
+
+
+def test_the_dashboard_shows_a_consents_data_window(c: httpx.Client, fl: Stack, customer: str) -> None:
+    cons = ask(c, fl, "flow-window", data_from="2025-01-02", data_to="2025-01-03")
+    with closing(allow_through_pages(fl, cons["id"], customer=customer)) as browser:
+        page = browser.get(f"{fl.url('consent')}/me", params={"lang": "en"})
+        assert page.status_code == 200
+        assert "From 2025-01-02 to 2025-01-03" in page.text, page.text
+        assert "Du 02/01/2025 au 03/01/2025" in browser.get(f"{fl.url('consent')}/me", params={"lang": "fr"}).text

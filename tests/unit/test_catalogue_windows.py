@@ -350,3 +350,18 @@ def test_in_window_bounds(start: date | None, end: date | None, inside: bool) ->
 
 def test_in_window_takes_datetimes_as_their_day() -> None:
     assert in_window(DAILY, DAY, datetime(2023, 1, 15, 23, 59), datetime(2023, 1, 15, 0, 0))
+
+
+def test_strict_windows_leave_out_dated_records_whose_day_cannot_be_read() -> None:
+    """What the broker applies: a holder's unreadable date never carries a record into a window."""
+    from datetime import date as _date
+
+    from shared.catalogue.windows import in_window as _in_window
+
+    bad = {"date": "2017-13-25"}
+    window = (_date(2000, 1, 1), _date(2000, 1, 31))
+    assert _in_window("cozy.bills", bad, *window) is True  # lenient (the reference holder's): undated passes
+    assert _in_window("cozy.bills", bad, *window, strict=True) is False
+    assert _in_window("cozy.bills", {}, _date(2000, 1, 1), None, strict=True) is False
+    assert _in_window("cozy.bills", bad, None, None, strict=True) is True  # no window: nothing to apply
+    assert _in_window("maif.identity", {"name": "x"}, *window, strict=True) is True  # undated type: never filtered

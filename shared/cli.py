@@ -294,6 +294,8 @@ def transfer_watch(
             task = progress.add_task(str(t["status"]), total=None, total_text="?", mb=0.0, rate=0.0)
             while True:
                 total = t.get("total")
+                if t["status"] == "completed":  # all there is: the holder's total may count records left out (data window)
+                    total = t["records"]
                 progress.update(task, description=str(t["status"]), completed=float(t["records"]),  # type: ignore[arg-type]
                                 total=float(total) if total else None, total_text=f"{total:,}" if total else "?",  # type: ignore[str-format]
                                 mb=float(t["bytes"]) / 1e6, rate=float(t.get("rate_records_per_s") or 0.0))  # type: ignore[arg-type]
@@ -304,6 +306,8 @@ def transfer_watch(
     line = f"transfer {transfer_id} {t['status']}: {t['records']} records, {t['bytes']} bytes"
     if t.get("reason"):
         line += f" ({t['reason']}: {(t.get('error') or {}).get('message', '')})"  # type: ignore[union-attr]
+    elif (t.get("error") or {}).get("outside_window"):  # type: ignore[union-attr]
+        line += f" ({t['error']['outside_window']['message']})"  # type: ignore[index]
     console.print(line)
     raise typer.Exit(0 if t["status"] == "completed" else 1)
 

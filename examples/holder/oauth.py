@@ -64,6 +64,7 @@ CODE_TTL_S = 600  # RFC 6749 section 4.1.2: "a maximum authorization code lifeti
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]  # RFC 6749 section 2.3.1
 DEV_TOKENS_AUTH = "dev_tokens"  # the client authentication "method" of an unauthenticated /dev/tokens refresh
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+IDENTITY_SCOPE = "openid"  # who the customer is, no dataset: what a client's sign-in asks (OpenID Connect's scope name)
 MAX_FORM_FIELDS = 64
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 # the HTML pages: no caching (they carry the request), no framing (clickjacking of the Allow button)
@@ -80,6 +81,9 @@ PAGE_TEXTS: dict[str, dict[str, str]] = {
         "login_title": "Sign in to share your data",
         "login_heading": "Share your data with {client}",
         "login_asks": "asks to read these datasets of yours:",
+        "signin_title": "Sign in",
+        "signin_heading": "Sign in to {client}",
+        "signin_asks": "asks only to know who you are: none of your data is shared.",
         "login_sent_back": "You will then be sent back to",
         "customer_id": "Customer id",
         "password": "Password",
@@ -101,6 +105,9 @@ PAGE_TEXTS: dict[str, dict[str, str]] = {
         "login_title": "Connectez-vous pour partager vos données",
         "login_heading": "Partager vos données avec {client}",
         "login_asks": "demande à lire ces jeux de données qui vous concernent :",
+        "signin_title": "Connexion",
+        "signin_heading": "Se connecter à {client}",
+        "signin_asks": "demande seulement qui vous êtes : aucune de vos données n'est partagée.",
         "login_sent_back": "Vous serez ensuite renvoyé vers",
         "customer_id": "Identifiant client",
         "password": "Mot de passe",
@@ -561,7 +568,7 @@ class HolderAuthorizationServer(AuthorizationServer):
         """RFC 6749 section 3.3: the scope is a list of dataset ids the holder serves (to anyone: a
         customer may authorise a dataset it has no data for)."""
         if scope:
-            unknown = sorted(set(scope_to_list(scope)) - set(self.store.dataset_ids()))
+            unknown = sorted(set(scope_to_list(scope)) - set(self.store.dataset_ids()) - {IDENTITY_SCOPE})
             if unknown:
                 raise InvalidScopeError(_safe(f"this holder serves no dataset {', '.join(unknown)}"))
 
@@ -675,14 +682,15 @@ def oauth_router(server: HolderAuthorizationServer) -> APIRouter:
 
     @router.get("/.well-known/oauth-authorization-server")
     def metadata(request: Request) -> dict[str, Any]:
-        """RFC 8414 section 3.2 authorization server metadata; ``scopes_supported`` are the datasets the holder serves."""
+        """RFC 8414 section 3.2 authorization server metadata; ``scopes_supported`` are the datasets the holder serves and
+        ``openid`` (who the customer is, nothing else: what a sign-in asks)."""
         issuer = server.issuer(request)
         return {
             "issuer": issuer,
             "authorization_endpoint": f"{issuer}/oauth/authorize",
             "token_endpoint": f"{issuer}/oauth/token",
             "revocation_endpoint": f"{issuer}/oauth/revoke",
-            "scopes_supported": server.store.dataset_ids(),
+            "scopes_supported": [*server.store.dataset_ids(), IDENTITY_SCOPE],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
@@ -711,7 +719,8 @@ def oauth_router(server: HolderAuthorizationServer) -> APIRouter:
         redirect = urlsplit(oauth.payload.redirect_uri or "")
         hint = "password_hint_demo" if server.settings.demo_password == DEFAULT_DEMO_PASSWORD else "password_hint_env"
         return page(request, "authorize.html", status, client_name=client.name, client_id=client.client_id,
-                    datasets=scope_to_list(oauth.scope) or [], redirect_host=redirect.netloc, username=username,
+                    datasets=[s for s in scope_to_list(oauth.scope) or [] if s != IDENTITY_SCOPE], redirect_host=redirect.netloc,
+                    username=username,
                     error=error, password_hint=hint, demo_customers=sorted(server.store.customers()),
                     action="?" + request.url.query)
 

@@ -27,6 +27,7 @@ from shared.settings import Settings
 from shared.urlguard import check_address, check_url
 
 METADATA_TTL_S = 300.0
+IDENTITY_SCOPE = "openid"  # a sign-in's scope at holders that support it (scopes_supported): who the person is, no data
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
 HTTP_TIMEOUT_S = 15.0
 _metadata_cache: dict[str, tuple[float, dict[str, Any]]] = {}

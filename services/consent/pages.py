@@ -543,9 +543,17 @@ async def dashboard_login(request: Request, holder_id: str = Query(min_length=1,
     except NotFound:
         return _message(request, 404, "error_title", t("not_found"))
     redirect_uri = _callback_url(request)
-    # a scope the holder's authorization server knows: a dataset consents asked it for (the token is revoked at once)
-    known = await service.a_dataset_of_holder(rt, holder_id=holder_id)
-    scope = [known] if known else list(holder.get("datasets_offered") or [])[:1]
+    # only who the person is ("openid", when the holder's authorization server supports it); else a scope it knows
+    # for sure: a dataset consents asked it for (the token is revoked at once, no data is read)
+    try:
+        meta = await holder_oauth.metadata(holder, development=rt.settings.environment == "development")
+    except BrokerError:
+        return _message(request, 502, "error_title", t("holder_down", holder=holder.get("name") or holder_id))
+    if holder_oauth.IDENTITY_SCOPE in (meta.get("scopes_supported") or []):
+        scope = [holder_oauth.IDENTITY_SCOPE]
+    else:
+        known = await service.a_dataset_of_holder(rt, holder_id=holder_id)
+        scope = [known] if known else list(holder.get("datasets_offered") or [])[:1]
     try:
         url, state, verifier = await holder_oauth.authorization_url(rt.settings, holder, redirect_uri=redirect_uri, scope=scope,
                                                                     ui_locales=_lang(request))

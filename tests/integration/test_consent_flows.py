@@ -10,6 +10,7 @@ import re
 import threading
 from contextlib import closing
 import time
+from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -476,6 +477,11 @@ def test_signing_in_again_through_the_holder_shows_that_customers_consents(c: ht
         assert "Sign in with" in page.text and f"/me/login?holder_id={HOLDER_ID}" in page.text
         r = browser.get(f"{fl.url('consent')}/me/login", params={"holder_id": HOLDER_ID})
         assert r.status_code == 303
+        # a sign-in asks the holder only who the person is (scope openid): its page shares no data
+        assert parse_qs(urlsplit(str(r.headers["location"])).query)["scope"] == ["openid"]
+        holder_page = browser.get(str(r.headers["location"]), headers={"Accept-Language": "en"})
+        assert "Sign in to" in holder_page.text and "none of your data is shared" in holder_page.text
+        assert "Share your data" not in holder_page.text
         back = holder_login(browser, str(r.headers["location"]), customer)
         r = browser.get(back)
         assert r.status_code == 303 and r.headers["location"] == "/me"

@@ -126,7 +126,18 @@ async def test_metadata_names_the_endpoints_under_the_request_base_url(c: httpx.
     assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]
-    assert meta["scopes_supported"] == sorted([DAILY, LOAD])
+    assert meta["scopes_supported"] == [*sorted([DAILY, LOAD]), "openid"]  # openid: a sign-in, no data
+
+
+async def test_a_sign_in_asks_only_who_the_customer_is_and_its_token_reads_no_data(c: httpx.AsyncClient) -> None:
+    """scope=openid: the login page says no data is shared, and the token it gives reads no dataset."""
+    page = await c.get(authorize_url(scope="openid"), headers={"Accept-Language": "en"})
+    assert page.status_code == 200 and "none of your data is shared" in page.text and "Share your data" not in page.text
+    assert "aucune de vos données" in (await c.get(authorize_url(scope="openid", lang="fr"))).text
+    token = await tokens(c, scope="openid")
+    assert token["sub"] == CUSTOMER and token["scope"] == "openid"
+    assert (await c.get(f"/datasets/{DAILY}/records", headers=bearer(token["access_token"]))).status_code == 403
+    assert (await c.get("/grant", headers=bearer(token["access_token"]))).json()["sub"] == CUSTOMER
 
 
 async def test_metadata_issuer_from_settings_and_environment(sample: list[Path]) -> None:

@@ -35,7 +35,7 @@ class RecordDigest:
         self.update_canonical(canonical(record) for record in records)
 
     def update_canonical(self, texts: Iterable[bytes]) -> None:
-        """Add records already made canonical (:func:`canonical` bytes, without the ``\n``), in order."""
+        """Add records already made canonical (:func:`canonical` bytes, without the ``\\n``), in order."""
         for text in texts:
             line = text + b"\n"
             self._h.update(line)

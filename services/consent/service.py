@@ -388,9 +388,6 @@ async def mark_consumed(rt: Runtime, *, consent_id: str, transfer_id: str) -> No
             pass
 
 
-CHECK_CACHE_TTL_S = 1.0
-
-
 class ValidConsents:
     """The authorised consents that ``consent.check`` read lately: a read cache, so that the check a transfer
     worker makes before every holder page costs no database read.
@@ -404,7 +401,7 @@ class ValidConsents:
     replica may be answered valid here until its event arrives (milliseconds, and never for more than
     ``ttl_s``), as it may by a worker that has not heard that event yet: workers stop on the same event."""
 
-    def __init__(self, ttl_s: float = CHECK_CACHE_TTL_S, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
         self.ttl_s, self.max_entries = ttl_s, max_entries
         self.epoch = 0  # bumped by every forget_all
         self._rows: dict[str, tuple[float, Any, dict[str, Any]]] = {}
@@ -452,8 +449,8 @@ async def check(rt: Runtime, *, consent_id: str, dataset: str) -> dict[str, Any]
     """Is consent ``consent_id`` valid now for ``dataset``? Answers ``{valid, reason, status, consent}``.
 
     ``reason`` is one of ``not_found``, ``not_authorised``, ``expired``, ``dataset_not_covered`` or null.
-    Authorised consents come from :class:`ValidConsents` when read less than a second ago; expiry and the
-    dataset are always judged now.
+    Authorised consents come from :class:`ValidConsents` when read less than ``consent_check_cache_s`` ago;
+    expiry and the dataset are always judged now.
     """
     cache = valid_consents(rt)
     hit = cache.get(consent_id)

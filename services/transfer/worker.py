@@ -304,7 +304,7 @@ class TransferWorker:
         start, end = self._window
         if (start is None and end is None) or not windows.has_days(dataset):
             return records
-        kept = [r for r in records if not isinstance(r, dict) or windows.in_window(dataset, r, start, end, strict=True)]
+        kept = [r for r in records if windows.in_window(dataset, r, start, end, strict=True)]
         self._outside_window += len(records) - len(kept)
         return kept
 

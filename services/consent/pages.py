@@ -82,13 +82,16 @@ def _translator(lang: str) -> Any:
     return t
 
 
-def _render(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+def _render(request: Request, template: str, status: int = 200, *, form_action: str = "'self'", **ctx: Any) -> HTMLResponse:
+    """A page of ``template`` with headers that keep it out of frames and caches. ``form_action`` is the CSP
+    ``form-action`` source list: only the broker itself, except on the consent screen, whose Allow ends at the
+    holder's authorization server through a 303 redirect that browsers check against it too."""
     lang = _lang(request)
     ctx.setdefault("title", "")
     html = _env.get_template(template).render(lang=lang, t=_translator(lang), languages=[(k, v["lang_name"]) for k, v in LANGS.items()], **ctx)
     resp = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                                            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                                           "form-action 'self' *; frame-ancestors 'none'; base-uri 'none'"})
+                                                           f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"})
     if request.query_params.get("lang") in LANGS:
         resp.set_cookie("lang", lang, max_age=365 * 86400, samesite="lax", httponly=True, secure=_secure(request))
     return resp
@@ -256,7 +259,7 @@ async def consent_screen(consent_id: str, request: Request) -> Response:
     window = _window_words(c, lang, holder_name) or t("window_all", holder=holder_name)
     how_often = t("one_off") if c["one_off"] else t("recurring", frequency=_frequency_words(c["frequency"] or "P1D", lang))
     datasets = [{"id": ds, "title": await _dataset_title(rt, ds)} for ds in c["datasets"]]
-    resp = _render(request, "screen.html", title=t("title_screen"), consent=c, holder_name=holder_name, recipient_name=recipient_name,
+    resp = _render(request, "screen.html", form_action="'self' *", title=t("title_screen"), consent=c, holder_name=holder_name, recipient_name=recipient_name,
                    datasets=datasets, window=window, how_often=how_often, expires=_date(c["expires_at"], lang), csrf=session.csrf)
     return _set_cookie(request, resp, sid)
 

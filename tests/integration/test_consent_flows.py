@@ -289,6 +289,11 @@ def test_revoke_asks_for_confirmation_on_a_page_that_changes_nothing(c: httpx.Cl
         # the same headers as the other pages
         assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # its form, like the dashboard's, may only post to the broker (only the consent screen's Allow ends elsewhere)
+        for p in (page, dashboard):
+            assert "form-action 'self';" in p.headers["content-security-policy"], p.headers
+        screen = browser.get(f"{fl.url('consent')}/consent/{ask(c, fl, 'flow-iris-2')['id']}")
+        assert "form-action 'self' *;" in screen.headers["content-security-policy"]
         # in plain words: who, from whom, what, and what revoking does and does not do
         assert "Revoke this consent?" in page.text
         assert ("You are about to take back the consent that lets Demo personal cloud receive your data from "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,7 +63,51 @@ def _dataset(row: Any) -> dict[str, Any]:
             "schema": row.schema, "units": dict(row.units)}
 
 
-async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")  # RFC 7518 sections 6.2.2, 6.3.2 and 6.4
+MAX_PARTICIPANT_KEYS = 10
+
+
+def _check_jwks(jwks: Any, *, participant_id: str | None, development: bool) -> None:
+    """A participant's ``jwks`` must be a JWK Set (RFC 7517 section 5) of 1 to 10 asymmetric PUBLIC keys
+    (EC, OKP, or RSA of at least 2,048 bits) that joserfc can read: the registry publishes it as given, so a
+    private part ("d", ...) or a symmetric key would be handed to every reader. Outside development, the
+    development keys (``shared.authclient.is_dev_key``, and the participant's own
+    ``dev_participant_key``, whose seed is public) are refused too. Raises InvalidInput / Unprocessable."""
+    from joserfc.errors import SecurityWarning
+    from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+    from shared import authclient
+
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not 1 <= len(jwks["keys"]) <= MAX_PARTICIPANT_KEYS:
+        raise InvalidInput(f"jwks must be a JWK Set of 1 to {MAX_PARTICIPANT_KEYS} keys: {{\"keys\": [...]}}", field="jwks")
+    own_dev_key = authclient.public_jwks(authclient.dev_participant_key(participant_id))["keys"][0] if participant_id else None
+    for n, k in enumerate(jwks["keys"]):
+        where = f"jwks key {n}" + (f" ({k.get('kid')!r})" if isinstance(k, dict) and k.get("kid") else "")
+        if not isinstance(k, dict):
+            raise InvalidInput(f"{where} is not a JSON object", field="jwks")
+        private = [m for m in PRIVATE_JWK_MEMBERS if m in k]
+        if private:
+            raise InvalidInput(f"{where} holds private or secret key material ({', '.join(private)}): register only the public key "
+                               "(the registry publishes this set)", field="jwks")
+        cls = {"EC": ECKey, "OKP": OKPKey, "RSA": RSAKey}.get(str(k.get("kty")))
+        if cls is None:
+            raise InvalidInput(f"{where} has kty {k.get('kty')!r}: only EC, OKP and RSA public keys", field="jwks")
+        try:
+            with warnings.catch_warnings():  # joserfc warns of a small RSA key: refused just below, with a reason
+                warnings.simplefilter("ignore", SecurityWarning)
+                key = cls.import_key(dict(k))
+        except Exception as exc:  # joserfc and cryptography raise several types for a malformed key
+            raise InvalidInput(f"{where} is not a usable {k['kty']} public key: {type(exc).__name__}", field="jwks") from None
+        bits = getattr(key.raw_value, "key_size", None) if cls is RSAKey else None
+        if bits is not None and bits < 2048:
+            raise InvalidInput(f"{where} is an RSA key of {bits} bits: at least 2,048", field="jwks")
+        if not development and (authclient.is_dev_key(k) or (own_dev_key and (k.get("kty"), k.get("crv"), k.get("x")) ==
+                                                              (own_dev_key["kty"], own_dev_key["crv"], own_dev_key["x"]))):
+            raise Unprocessable(f"{where} is a development key (its seed is public): outside development, register a key of your own",
+                                field="jwks")
+
+
+async def _validate_participant(rt: Runtime, body: dict[str, Any], *, participant_id: str | None = None) -> None:
     roles = set(body["roles"])
     if len(roles) != len(body["roles"]):
         raise InvalidInput("roles must not repeat")
@@ -79,8 +124,8 @@ async def _validate_participant(rt: Runtime, body: dict[str, Any]) -> None:
         _check_url(body.get(field), field, development=dev)
         if body.get(field) and not body.get("allow_private_network"):
             await _check_address(str(urlsplit(body[field]).hostname), field)
-    if body.get("jwks") is not None and not isinstance(body["jwks"].get("keys"), list):
-        raise InvalidInput("jwks must be a JWK Set: {\"keys\": [...]}")
+    if body.get("jwks") is not None:
+        _check_jwks(body["jwks"], participant_id=participant_id, development=dev)
     wanted = set(body.get("datasets_offered", [])) | set(body.get("datasets_accepted", []))
     if wanted:
         async with rt.db.sessions() as s:
@@ -111,8 +156,8 @@ async def register_participant(rt: Runtime, *, body: dict[str, Any], participant
 
     Raises InvalidInput / Unprocessable for a bad body, Conflict if the id exists and not ``replace``.
     """
-    await _validate_participant(rt, body)
     pid = participant_id or body.get("id") or uuid.uuid4().hex
+    await _validate_participant(rt, body, participant_id=pid)
     now = datetime.now(UTC)
     values = {k: body.get(k) for k in PROFILE_FIELDS}
     values["allow_private_network"] = bool(values["allow_private_network"])

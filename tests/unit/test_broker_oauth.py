@@ -23,6 +23,7 @@ import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from fastapi import Depends, FastAPI
 from joserfc import jwt
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OctKey
 from sqlalchemy import select, text
 
@@ -704,3 +705,47 @@ async def test_a_client_key_given_as_pem_rsa_or_ec_works(registry: Any) -> None:
         await register(client, pid, ["holder"], jwks=authclient.public_jwks(pem))
         source = AsyncTokenSource(pid, pem, TOKEN_URL, http=client)
         assert (await verifier_for(client)).verify_now(await source.token()).client_id == pid
+
+
+async def test_a_participant_registers_public_keys_only(registry: Any) -> None:
+    """The registry publishes a participant's jwks as given: private parts, secrets and weak or unreadable keys are refused."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    _, _, client = registry
+    private, public = generate_keypair()
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    with pytest.warns(SecurityWarning):  # joserfc says so too
+        weak = authclient.public_jwks(small)
+    bad = {
+        "private part": {"keys": [dict(private)]},
+        "symmetric": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]},
+        "unknown kty": {"keys": [{"kty": "XYZ"}]},
+        "broken": {"keys": [{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}]},
+        "empty": {"keys": []},
+        "not a set": {"kty": "EC"},
+        "rsa 1024": weak,
+        "too many": {"keys": public["keys"] * 11},
+    }
+    for what, jwks in bad.items():
+        body = {"name": "x", "roles": ["recipient"], "import_base_url": "http://127.0.0.1:9/import", "allow_private_network": True, "jwks": jwks}
+        r = await client.put(f"/participants/p-{uuid.uuid4().hex[:8]}", json=body, headers=await admin_headers(client))
+        assert r.status_code == 400 and r.json()["field"] == "jwks", (what, r.text)
+        assert '"d"' not in r.text and "c2VjcmV0" not in r.text
+    assert "private" in (await client.put("/participants/p-x", json={**body, "jwks": {"keys": [dict(private)]}},
+                                          headers=await admin_headers(client))).json()["detail"]
+    await register(client, f"p-{uuid.uuid4().hex[:8]}", ["recipient"], jwks=public)
+
+
+def test_development_keys_are_refused_at_registration_outside_development() -> None:
+    from services.registry.service import _check_jwks
+    from shared.errors import Unprocessable
+
+    mine = authclient.public_jwks(authclient.dev_participant_key("acme"))
+    _check_jwks(mine, participant_id="acme", development=True)
+    with pytest.raises(Unprocessable, match="development key"):
+        _check_jwks(mine, participant_id="acme", development=False)
+    with pytest.raises(Unprocessable, match="development key"):
+        _check_jwks(authclient.public_jwks(DEV_ADMIN_KEY), participant_id="acme", development=False)
+    _check_jwks(generate_keypair()[1], participant_id="acme", development=False)

@@ -18,7 +18,7 @@ from shared import telemetry
 from shared.auth import ADMIN, HOLDER, RECIPIENT, REGULATOR, Caller, acting_as, own_party, requires
 from shared.consumer import PullConsumer
 from shared.db import Database
-from shared.errors import Forbidden, NotFound
+from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.http import PROBLEM_RESPONSES, install_problem_handlers
 from shared.runtime import Runtime, build_app
 from shared.settings import Settings
@@ -36,6 +36,7 @@ from .schemas import (
     LogEntries,
     Receipt,
     Revocation,
+    SubjectErased,
 )
 
 router = APIRouter(prefix="/consents", tags=["consents"], responses=PROBLEM_RESPONSES)
@@ -144,12 +145,13 @@ async def holder_check(consent_id: str, request: Request, caller: Caller = Depen
 subjects_router = APIRouter(prefix="/subjects", tags=["data subjects"], responses=PROBLEM_RESPONSES)
 
 
-@subjects_router.delete("/{data_subject}/secret", status_code=204, dependencies=[Depends(requires(ADMIN))])
-async def erase_subject_secret(data_subject: str, request: Request) -> Response:
-    """Erase the secret behind the data subject's pseudonym in the consent log (GDPR Art. 17): the log stays
-    verifiable, its entries can no longer be linked to the person. 404 if there is none."""
-    await service.erase_subject_secret(_rt(request), data_subject=data_subject)
-    return Response(status_code=204)
+@subjects_router.delete("/{data_subject}", response_model=SubjectErased, dependencies=[Depends(requires(ADMIN))])
+async def erase_data_subject(data_subject: str, request: Request) -> Any:
+    """Erase a data subject (GDPR Art. 17): their live consents end (logged), then the secret behind their
+    pseudonym in the consent log, their name and customer id in their consents, their stored receipts and
+    dashboard sessions go. The log stays verifiable; its entries can no longer be linked to the person.
+    404 if the broker knows nothing of them (or already erased them)."""
+    return await service.erase_data_subject(_rt(request), data_subject=data_subject)
 
 
 # ---- the consent log, for regulators (read-only; RFC 9162 proofs, C2SP signed checkpoints) ----------
@@ -226,10 +228,12 @@ async def log_consistency_proof(request: Request, first: int = Query(ge=1, le=MA
 async def log_export(request: Request, start: int = Query(0, ge=0, le=MAX_LOG_INDEX),
                      end: int | None = Query(None, ge=0, le=MAX_LOG_INDEX)) -> StreamingResponse:
     """Every entry with ``start <= index < end`` (default: to the current size) as JSON Lines, streamed;
-    one ``{"index", "entry", "leaf_hash"}`` object per line."""
+    one ``{"index", "entry", "leaf_hash"}`` object per line. 400 if ``end < start`` (as ``/log/entries``)."""
     db = _rt(request).db
     if end is None:
         end = await log.current_size(db)
+    elif end < start:
+        raise InvalidInput("need start <= end", start=start, end=end)
 
     async def lines() -> AsyncIterator[bytes]:
         async for item in log.iter_entries(db, start, end):

@@ -372,13 +372,17 @@ async def append_transfer_ending(s: AsyncSession, transfer: dict[str, Any]) -> t
     return index, True
 
 
+async def erase_subject_secret_in(s: AsyncSession, data_subject: str) -> bool:
+    """Delete the data subject's pseudonym secret (GDPR Art. 17) in the caller's transaction; True if there
+    was one. The log stays verifiable; its entries for this subject can no longer be linked to them. A later
+    consent of the same person gets a new secret, hence a new, unlinkable pseudonym."""
+    return bool(_rowcount(await s.execute(models.subject_secrets.delete().where(models.subject_secrets.c.data_subject == data_subject))))
+
+
 async def erase_subject_secret(db: Database, data_subject: str) -> bool:
-    """Delete the data subject's pseudonym secret (GDPR Art. 17); True if there was one. The log stays
-    verifiable; its entries for this subject can no longer be linked to them. A later consent of the
-    same person gets a new secret, hence a new, unlinkable pseudonym."""
+    """:func:`erase_subject_secret_in` in a transaction of its own."""
     async with db.unit_of_work() as s:
-        n = _rowcount(await s.execute(models.subject_secrets.delete().where(models.subject_secrets.c.data_subject == data_subject)))
-    return bool(n)
+        return await erase_subject_secret_in(s, data_subject)
 
 
 def latest_index_for_consent() -> Any:
@@ -405,7 +409,15 @@ def entry_json(row: Any) -> dict[str, Any]:
 
 
 def _as_utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    """``dt`` in UTC (a naive one is taken as UTC). A time whose UTC value is outside the years 1 to 9999
+    (``0001-01-01T00:00:00+01:00``) becomes the first or last representable instant, which bounds the
+    same entries."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if dt.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 async def list_entries(db: Database, *, start: int = 0, end: int | None = None, limit: int = MAX_PAGE,

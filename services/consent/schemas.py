@@ -104,6 +104,15 @@ class LogEntry(BaseModel):
     leaf_hash: str
 
 
+class SubjectErased(BaseModel):
+    """What ``DELETE /subjects/{data_subject}`` did (GDPR Art. 17)."""
+
+    data_subject: str = Field(description="the marker that replaces the data subject in their consents: erased:<random>")
+    consents_ended: int = Field(description="live consents ended first (authorised: revoked; requested: rejected)")
+    consents_erased: int = Field(description="consents no longer naming the person")
+    secret_erased: bool = Field(description="whether a pseudonym secret was deleted (false: none had been made)")
+
+
 class LogEntries(BaseModel):
     size: int = Field(description="current tree size (entries in the log)")
     entries: list[LogEntry]

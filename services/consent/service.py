@@ -545,12 +545,62 @@ async def log_transfer_ending(rt: Runtime, *, transfer: dict[str, Any]) -> tuple
         return await log.append_transfer_ending(s, transfer)
 
 
-async def erase_subject_secret(rt: Runtime, *, data_subject: str) -> None:
-    """GDPR Art. 17: erase the secret behind the data subject's pseudonym in the consent log, so that its
-    entries stay verifiable but can no longer be linked to them. Raises NotFound (404) if there is none
-    (never logged, or already erased)."""
-    if not await log.erase_subject_secret(rt.db, data_subject):
-        raise NotFound(f"no pseudonym secret for data subject {data_subject!r}")
+ERASED_REASON = "the data subject asked for erasure (GDPR Art. 17)"
+
+
+async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any]:
+    """GDPR Art. 17: erase what links the consent log, and the broker, to the data subject ``data_subject``.
+
+    1. Their live consents end first, each logged and announced as usual: ``authorised -> revoked`` (by the
+       data subject; the holder's tokens are revoked) and ``requested -> rejected``, reason :data:`ERASED_REASON`.
+    2. Then, in one transaction: the secret behind their pseudonym in the log is deleted (the entries stay
+       verifiable, but ``subject`` can no longer be recomputed nor linked to them); their consents keep what
+       the log and the parties need (ids, parties, datasets, purpose, dates, status) but their ``data_subject``
+       becomes one ``erased:<random>`` marker and their ``holder_subject`` (the customer id at the holder) is
+       cleared; the stored signed receipts (which name the person) are deleted; the dashboard sessions signed
+       in as them end; the events of those consents already published from the outbox are deleted.
+
+    Returns ``{"data_subject": marker, "consents_ended": n, "consents_erased": m, "secret_erased": bool}``.
+    Raises NotFound (404) when the broker knows nothing of ``data_subject`` (no consent, no secret: never
+    seen, or already erased). What the parties already hold (the recipient's data, the holder's records,
+    the events they received) is theirs to erase."""
+    t = models.consents
+    async with rt.db.sessions() as s:
+        live = (await s.execute(select(t.c.id, t.c.status).where(t.c.data_subject == data_subject)
+                                .where(t.c.status.in_(("requested", "authorised"))))).all()
+    ended = 0
+    for row in live:
+        try:
+            if row.status == "authorised":
+                await revoke(rt, consent_id=row.id, by="data_subject", reason=ERASED_REASON)
+            else:
+                await _transition(rt, consent_id=row.id, target="rejected", reason=ERASED_REASON, expect="requested")
+            ended += 1
+        except Conflict:
+            pass  # ended meanwhile
+    if rt.relay is not None:
+        await rt.relay.flush()  # the events just written go out before they are deleted below
+    marker = f"erased:{uuid.uuid4().hex}"
+    async with rt.db.unit_of_work() as s:
+        rows = (await s.execute(select(t.c.id, t.c.holder_id, t.c.holder_subject).where(t.c.data_subject == data_subject))).all()
+        secret_erased = await log.erase_subject_secret_in(s, data_subject)
+        if not rows and not secret_erased:
+            raise NotFound(f"nothing is known of data subject {data_subject!r} (never seen, or already erased)")
+        ids = [r.id for r in rows]
+        if ids:
+            await s.execute(t.update().where(t.c.id.in_(ids)).values(data_subject=marker, holder_subject=None))
+            await s.execute(models.receipts.delete().where(models.receipts.c.consent_id.in_(ids)))
+            for cid in ids:  # consent ids are hex: no LIKE wildcard in them
+                await s.execute(models.outbox.delete().where(models.outbox.c.published_at.is_not(None))
+                                .where(models.outbox.c.envelope.like(f'%"{cid}"%')))
+        identities = {(r.holder_id, r.holder_subject) for r in rows if r.holder_subject}
+        if identities:
+            w = models.web_sessions
+            for sid, ids_json in (await s.execute(select(w.c.id_hash, w.c.identities))).all():
+                if any(tuple(i) in identities for i in ids_json or []):
+                    await s.execute(w.delete().where(w.c.id_hash == sid))
+    forget_valid_consents(rt)
+    return {"data_subject": marker, "consents_ended": ended, "consents_erased": len(ids), "secret_erased": secret_erased}
 
 
 # ---- token revocation at the holder (RFC 7009), receipts, what the dashboard shows --------------------

@@ -60,7 +60,7 @@ TABLE: dict[tuple[str, str, str], dict[str, str]] = {
     ("consent", "POST", "/consents/{consent_id}/amend"): RECIPIENT_ONLY,
     ("consent", "GET", "/consents/{consent_id}/receipt"): PARTY,
     ("consent", "POST", "/consents/{consent_id}/holder-check"): PARTY,
-    ("consent", "DELETE", "/subjects/{data_subject}/secret"): ADMIN_ONLY,
+    ("consent", "DELETE", "/subjects/{data_subject}"): ADMIN_ONLY,
     # what a person may check about their own receipt needs no account: checkpoints, keys and proofs
     ("consent", "GET", "/log/checkpoint"): PUBLIC,
     ("consent", "GET", "/log/public-key"): PUBLIC,

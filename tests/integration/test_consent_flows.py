@@ -518,3 +518,21 @@ def test_the_dashboard_shows_a_consents_data_window(c: httpx.Client, fl: Stack, 
         assert page.status_code == 200
         assert "From 2025-01-02 to 2025-01-03" in page.text, page.text
         assert "Du 02/01/2025 au 03/01/2025" in browser.get(f"{fl.url('consent')}/me", params={"lang": "fr"}).text
+
+
+def test_erasing_a_data_subject_ends_their_consents_and_dashboard_sessions(c: httpx.Client, fl: Stack, customer: str) -> None:
+    cons = ask(c, fl, "flow-erased@example.org")
+    with closing(allow_through_pages(fl, cons["id"], customer=customer)) as browser:
+        assert f'id="consent-{cons["id"]}"' in browser.get(f"{fl.url('consent')}/me").text
+        assert consent(c, fl, cons["id"])["holder_subject"] == customer
+        r = c.delete(f"{fl.url('consent')}/subjects/flow-erased@example.org")
+        assert r.status_code == 200 and r.json()["consents_ended"] == 1, r.text
+        # that browser is signed out: nothing of the person is shown any more
+        page = browser.get(f"{fl.url('consent')}/me")
+        assert f'id="consent-{cons["id"]}"' not in page.text and "flow-erased" not in page.text
+        assert browser.get(f"{fl.url('consent')}/me/consents/{cons['id']}/receipt").status_code in (403, 404)
+    after = consent(c, fl, cons["id"])
+    assert after["status"] == "revoked" and after["holder_subject"] is None and after["data_subject"].startswith("erased:")
+    assert _sealed_access_token(fl, cons["id"]) is None
+    got = wait_for(lambda: [n for n in notifications(c, fl, cons["id"]) if any(k.endswith("revoked") for k in n["events"])])
+    assert "GDPR Art. 17" in json.dumps(got[0]["events"]), got

@@ -345,21 +345,44 @@ def test_regulator_api(c: httpx.Client, lstack: Stack) -> None:
     assert time.monotonic() - t0 < 2.5
 
 
-def test_erasing_a_subjects_secret_keeps_the_log_verifiable_but_unlinkable(c: httpx.Client, lstack: Stack, tmp_path: Path) -> None:
+def test_erasing_a_data_subject_keeps_the_log_verifiable_but_unlinkable(c: httpx.Client, lstack: Stack, tmp_path: Path,
+                                                                        customer: str) -> None:
     s = lstack
-    first = new_consent(c, s, "log-frank")
+    base = s.url("consent")
+    asked = new_consent(c, s, "frank@example.org")
+    given = new_consent(c, s, "frank@example.org", one_off=False)
+    token = c.post(f"{s.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [DAILY]}).json()
+    assert c.post(f"{base}/consents/{given['id']}/authorise", json=token).status_code == 200
+    assert c.get(f"{base}/consents/{given['id']}/receipt").status_code == 200
     settled(c, s)
     before = all_entries(c, s)
-    pseudonym = before[first["log_index"]]["entry"]["subject"]
-    r = c.delete(f"{s.url('consent')}/subjects/log-frank/secret")
-    assert r.status_code == 204
-    r = c.delete(f"{s.url('consent')}/subjects/log-frank/secret")
+    pseudonym = before[given["log_index"]]["entry"]["subject"]
+    r = c.delete(f"{base}/subjects/frank@example.org")
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["consents_ended"] == 2 and done["consents_erased"] == 2 and done["secret_erased"] is True
+    assert done["data_subject"].startswith("erased:")
+    # the live consents ended first, logged under the old pseudonym, with the reason
+    for cid, status in ((given["id"], "revoked"), (asked["id"], "rejected")):
+        got = c.get(f"{base}/consents/{cid}").json()
+        assert got["status"] == status and "GDPR Art. 17" in got["status_reason"], got
+        assert got["data_subject"] == done["data_subject"] and got.get("holder_subject") is None
+        assert "frank" not in json.dumps(got)
+    assert c.get(f"{base}/consents/{given['id']}/receipt").status_code == 404
+    assert c.get(f"{base}/consents", params={"data_subject": "frank@example.org"}).json()["consents"] == []
+    # a second erasure finds nothing to erase
+    r = c.delete(f"{base}/subjects/frank@example.org")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
-    again = new_consent(c, s, "log-frank")
     settled(c, s)
     after = all_entries(c, s)
     assert after[: len(before)] == before
-    assert after[again["log_index"]]["entry"]["subject"] != pseudonym
+    ended = [e for e in after[len(before):] if e["entry"].get("consent_id") in (given["id"], asked["id"])]
+    assert sorted(e["entry"]["event"] for e in ended) == ["rejected", "revoked"]
+    assert {e["entry"]["subject"] for e in ended} == {pseudonym}
+    # the same person later gets a new, unlinkable pseudonym
+    again = new_consent(c, s, "frank@example.org")
+    settled(c, s)
+    assert all_entries(c, s)[again["log_index"]]["entry"]["subject"] != pseudonym
     code, out = audit(s, tmp_path / "fresh.json")
     assert code == 0, out
 

@@ -334,10 +334,14 @@ def test_regulator_api(c: httpx.Client, lstack: Stack) -> None:
     r = c.get(f"{base}/proof/consistency", params={"first": 3})
     assert r.json()["second"] == size
     for path, params in (("proof/inclusion", {"index": size, "size": size}), ("proof/inclusion", {"index": 0, "size": size + 1}),
-                         ("proof/consistency", {"first": 5, "second": 4}), ("entries", {"start": 5, "end": 4})):
+                         ("proof/consistency", {"first": 5, "second": 4}), ("entries", {"start": 5, "end": 4}),
+                         ("export.jsonl", {"start": 5, "end": 4})):
         r = c.get(f"{base}/{path}", params=params)
         assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", (path, r.text)
     assert c.get(f"{base}/entries", params={"limit": 1001}).status_code == 422
+    # times whose UTC value falls outside the years 1..9999 bound like the first or last instant
+    assert len(c.get(f"{base}/entries", params={"since": "0001-01-01T00:00:00+01:00", "limit": 1000}).json()["entries"]) == min(size, 1000)
+    assert c.get(f"{base}/entries", params={"until": "9999-12-31T23:59:59-01:00"}).status_code == 200
     # a checkpoint follows the entries within about a second
     new_consent(c, s, "log-erin")
     t0 = time.monotonic()

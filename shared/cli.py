@@ -312,5 +312,55 @@ def transfer_watch(
     raise typer.Exit(0 if t["status"] == "completed" else 1)
 
 
+receipt_app = typer.Typer(add_completion=False, help="Consent receipts.")
+app.add_typer(receipt_app, name="receipt")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    proof_file: Path = typer.Argument(..., help="a receipt proof: the JSON file the dashboard's receipt page downloads"),
+    public_key: str | None = typer.Option(None, "--public-key", envvar="PORTABILITY_LOG_KEY",
+                                          help="the consent log's public key as its operator publishes it "
+                                               "(<name>+<key id>+<base64>); default: the one in the file, which proves less"),
+    receipt_keys: str | None = typer.Option(None, "--receipt-keys",
+                                            help="the broker's receipt keys (JWK Set): a file, or a URL such as the file's "
+                                                 "receipt_keys; default: the receipt's signature is not checked"),
+) -> None:
+    """Check offline that a consent receipt is in the consent log (shared.receiptproof): the checkpoint's
+    signature, the entry's inclusion proof up to its root, and that the entry says what the receipt says.
+    Exit 0 verified, 1 mismatch, 2 unreadable file, malformed key or network error."""
+    from .receiptproof import BadProof, ProofMismatch, verify_receipt_proof
+
+    try:
+        bundle = json.loads(proof_file.read_text("utf-8"))
+        if not isinstance(bundle, dict):
+            raise BadProof("not a JSON object")
+        key = public_key or bundle.get("log_public_key")
+        if not isinstance(key, str):
+            raise BadProof("no log public key: give --public-key")
+        jwks = None
+        if receipt_keys:
+            raw = (httpx.get(receipt_keys, timeout=10).raise_for_status().text if receipt_keys.startswith(("http://", "https://"))
+                   else Path(receipt_keys).read_text("utf-8"))
+            jwks = json.loads(raw)
+            if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+                raise BadProof("--receipt-keys is not a JWK Set")
+        done = verify_receipt_proof(bundle, log_key=key, receipt_jwks=jwks)
+    except ProofMismatch as exc:
+        console.print(f"[red]mismatch: {exc}[/red]")
+        raise typer.Exit(1) from None
+    except (BadProof, ValueError, RecursionError, OSError, httpx.HTTPError) as exc:
+        console.print(f"[red]error: {exc}[/red]")
+        raise typer.Exit(2) from None
+    for line in done:
+        console.print(f"ok: {line}")
+    if not public_key:
+        console.print("[yellow]note: the log's key came from the file itself; compare it with the one the operator publishes "
+                      "(--public-key)[/yellow]")
+    if jwks is None:
+        console.print("[yellow]note: the receipt's signature was not checked (--receipt-keys)[/yellow]")
+    console.print("verified")
+
+
 if __name__ == "__main__":
     app()

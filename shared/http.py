@@ -38,6 +38,21 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def known_query(request: Request) -> None:
+    """A route dependency refusing query parameters the route does not declare (400 problem, ``unknown`` and
+    ``allowed`` listed): a filter misspelt or not offered must not silently answer everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        allowed |= {p.alias for p in sub.query_params}
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown query parameter(s): {', '.join(unknown)}", unknown=unknown, allowed=sorted(allowed))
+
+
 def problem_response(problem: dict[str, Any]) -> JSONResponse:
     return JSONResponse(problem, status_code=int(problem["status"]), media_type=PROBLEM)
 

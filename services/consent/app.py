@@ -19,7 +19,7 @@ from shared.auth import ADMIN, HOLDER, RECIPIENT, REGULATOR, Caller, acting_as, 
 from shared.consumer import PullConsumer
 from shared.db import Database
 from shared.errors import Forbidden, InvalidInput, NotFound
-from shared.http import PROBLEM_RESPONSES, install_problem_handlers
+from shared.http import PROBLEM_RESPONSES, install_problem_handlers, known_query
 from shared.runtime import Runtime, build_app
 from shared.settings import Settings
 from shared.tlog import Signer
@@ -132,6 +132,22 @@ async def receipt(consent_id: str, request: Request, caller: Caller = Depends(PA
     return await service.get_receipt(_rt(request), consent_id=consent_id)
 
 
+@router.get("/{consent_id}/receipt/proof")
+async def receipt_proof(consent_id: str, request: Request, caller: Caller = Depends(PARTY)) -> Any:
+    """The proof that the consent's receipt is in the consent log (format ``portability-receipt-proof/1``:
+    receipt, entry, signed checkpoint, RFC 9162 inclusion proof; ``portability receipt verify`` checks it
+    offline). 404 without a receipt; 503 for a second after the authorisation (no checkpoint covers it yet)."""
+    await _party(request, consent_id, caller)
+    return await receipt_proof_document(request, consent_id)
+
+
+async def receipt_proof_document(request: Request, consent_id: str) -> dict[str, Any]:
+    rt = _rt(request)
+    base = (rt.settings.public_url or str(request.base_url)).rstrip("/")
+    return await service.receipt_proof(rt, consent_id=consent_id, log_public_key=request.app.state.log_signer.vkey,
+                                       receipt_keys_url=f"{base}/.well-known/jwks.json")
+
+
 @router.post("/{consent_id}/holder-check", response_model=Consent)
 async def holder_check(consent_id: str, request: Request, caller: Caller = Depends(PARTY)) -> Any:
     """Ask the holder whether it still sees this consent; ``holder_check`` becomes ``confirmed``,
@@ -156,7 +172,7 @@ async def erase_data_subject(data_subject: str, request: Request) -> Any:
 
 # ---- the consent log, for regulators (read-only; RFC 9162 proofs, C2SP signed checkpoints) ----------
 
-log_router = APIRouter(prefix="/log", tags=["consent log"], responses=PROBLEM_RESPONSES)
+log_router = APIRouter(prefix="/log", tags=["consent log"], responses=PROBLEM_RESPONSES, dependencies=[Depends(known_query)])
 TEXT: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {}}}}
 
 
@@ -188,12 +204,14 @@ async def log_entries(
     consent_id: str | None = Query(None, max_length=64),
     holder_id: str | None = Query(None, max_length=64),
     recipient_id: str | None = Query(None, max_length=64),
-    since: datetime | None = Query(None, description="entries at or after this RFC 3339 time"),
-    until: datetime | None = Query(None, description="entries before this RFC 3339 time"),
+    event: str | None = Query(None, max_length=32, description="requested, authorised, ..., transfer_completed, ..."),
+    since: datetime | None = Query(None, description="entries at or after this RFC 3339 time (inclusive)"),
+    until: datetime | None = Query(None, description="entries before this RFC 3339 time (exclusive)"),
 ) -> Any:
-    """Entries by index, at most 1000 per page, optionally filtered; follow ``next_start`` for more."""
+    """Entries by index, at most 1000 per page, with every filter given (AND); follow ``next_start`` for more.
+    An unknown query parameter is a 400 (a filter misspelt does not answer everything)."""
     return await log.list_entries(_rt(request).db, start=start, end=end, limit=limit, consent_id=consent_id, holder_id=holder_id,
-                                  recipient_id=recipient_id, since=since, until=until)
+                                  recipient_id=recipient_id, event=event, since=since, until=until)
 
 
 async def _default_size(request: Request, size: int | None) -> int:

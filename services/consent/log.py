@@ -422,7 +422,7 @@ def _as_utc(dt: datetime) -> datetime:
 
 async def list_entries(db: Database, *, start: int = 0, end: int | None = None, limit: int = MAX_PAGE,
                        consent_id: str | None = None, holder_id: str | None = None, recipient_id: str | None = None,
-                       since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+                       event: str | None = None, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
     """One page of entries with ``start <= index < end`` matching every given filter, by index.
 
     ``since``/``until`` bound the entry time (inclusive, exclusive). Returns ``{"size": tree size,
@@ -435,7 +435,7 @@ async def list_entries(db: Database, *, start: int = 0, end: int | None = None, 
     where: list[ColumnElement[bool]] = [t.c["index"] >= start]
     if end is not None:
         where.append(t.c["index"] < end)
-    for col, value in (("consent_id", consent_id), ("holder_id", holder_id), ("recipient_id", recipient_id)):
+    for col, value in (("consent_id", consent_id), ("holder_id", holder_id), ("recipient_id", recipient_id), ("event", event)):
         if value is not None:
             where.append(t.c[col] == value)
     if since is not None:

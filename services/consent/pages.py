@@ -509,6 +509,31 @@ async def dashboard_revoke(consent_id: str, request: Request, csrf: str = Form("
     return RedirectResponse(f"/me?revoked={consent_id}", status_code=303)
 
 
+@router.get("/me/consents/{consent_id}/receipt/proof")
+async def dashboard_receipt_proof(consent_id: str, request: Request) -> Response:
+    """The person's own receipt proof (JSON download; :mod:`shared.receiptproof`): their receipt, its entry in
+    the consent log, the latest signed checkpoint and the inclusion proof. 403 for someone else's."""
+    from fastapi.responses import JSONResponse
+
+    from .app import receipt_proof_document
+
+    rt = _rt(request)
+    session = await _session(request)
+    t = _translator(_lang(request))
+    try:
+        c = await service.get_consent(rt, consent_id=consent_id)
+        if not _owns(session, c):
+            return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
+        doc = await receipt_proof_document(request, consent_id)
+    except NotFound:
+        return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
+    except Unavailable:
+        return _message(request, 503, "error_title", t("proof_not_yet"), link=f"/me/consents/{consent_id}/receipt/proof",
+                        link_text=t("try_again"))
+    return JSONResponse(doc, headers={"Cache-Control": "no-store",
+                                      "Content-Disposition": f'attachment; filename="receipt-proof-{consent_id}.json"'})
+
+
 @router.get("/me/consents/{consent_id}/receipt")
 async def dashboard_receipt(consent_id: str, request: Request) -> Response:
     """The person's own consent receipt: a page (or, with ``Accept: application/json``, the compact JWS and

@@ -694,6 +694,25 @@ async def get_receipt(rt: Runtime, *, consent_id: str) -> dict[str, Any]:
     return {"consent_id": consent_id, "log_index": row.log_index, "jws": row.jws, "payload": payload}
 
 
+async def receipt_proof(rt: Runtime, *, consent_id: str, log_public_key: str, receipt_keys_url: str) -> dict[str, Any]:
+    """The proof that the consent's receipt is in the consent log: the receipt, its entry, the latest signed
+    checkpoint and the RFC 9162 inclusion proof of the entry in it (the document of :mod:`shared.receiptproof`,
+    which checks it offline). Raises NotFound (no receipt) or Unavailable (503: the entry is younger than
+    the latest checkpoint, which follows within about a second)."""
+    from shared import receiptproof
+
+    rec = await get_receipt(rt, consent_id=consent_id)
+    index = int(rec["log_index"])
+    note = await log.latest_checkpoint(rt.db)
+    size = int(note.split("\n")[1]) if note else 0
+    if index >= size:
+        raise Unavailable("the receipt's log entry is not in a signed checkpoint yet: ask again in a second", retry_after=1)
+    entry = (await log.list_entries(rt.db, start=index, end=index + 1, limit=1))["entries"][0]
+    return {"format": receiptproof.FORMAT, "consent_id": consent_id, "receipt": rec["jws"], "receipt_keys": receipt_keys_url,
+            "log_index": index, "entry": entry["entry"], "leaf_hash": entry["leaf_hash"], "checkpoint": note, "tree_size": size,
+            "inclusion_proof": [h.hex() for h in await log.inclusion_proof(rt.db, index, size)], "log_public_key": log_public_key}
+
+
 async def consents_with_receipt(rt: Runtime, *, consent_ids: list[str]) -> set[str]:
     if not consent_ids:
         return set()

@@ -59,6 +59,7 @@ TABLE: dict[tuple[str, str, str], dict[str, str]] = {
     ("consent", "POST", "/consents/{consent_id}/revoke"): PARTY,
     ("consent", "POST", "/consents/{consent_id}/amend"): RECIPIENT_ONLY,
     ("consent", "GET", "/consents/{consent_id}/receipt"): PARTY,
+    ("consent", "GET", "/consents/{consent_id}/receipt/proof"): PARTY,
     ("consent", "POST", "/consents/{consent_id}/holder-check"): PARTY,
     ("consent", "DELETE", "/subjects/{data_subject}"): ADMIN_ONLY,
     # what a person may check about their own receipt needs no account: checkpoints, keys and proofs
@@ -197,6 +198,7 @@ def test_a_cloud_sees_and_touches_only_its_own_consents_and_transfers(stack: Sta
         for method, url, body in [
             ("GET", f"{stack.url('consent')}/consents/{ids['authorised']}", None),
             ("GET", f"{stack.url('consent')}/consents/{ids['authorised']}/receipt", None),
+            ("GET", f"{stack.url('consent')}/consents/{ids['authorised']}/receipt/proof", None),
             ("POST", f"{stack.url('consent')}/consents/{ids['requested']}/reject", None),
             ("POST", f"{stack.url('consent')}/consents/{ids['authorised']}/amend", {"purpose": "mine now"}),
             ("POST", f"{stack.url('transfer')}/transfers", {"consent_id": ids["authorised"], "dataset": DAILY}),

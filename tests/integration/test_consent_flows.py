@@ -536,3 +536,61 @@ def test_erasing_a_data_subject_ends_their_consents_and_dashboard_sessions(c: ht
     assert _sealed_access_token(fl, cons["id"]) is None
     got = wait_for(lambda: [n for n in notifications(c, fl, cons["id"]) if any(k.endswith("revoked") for k in n["events"])])
     assert "GDPR Art. 17" in json.dumps(got[0]["events"]), got
+
+
+def test_a_person_downloads_a_receipt_proof_that_anyone_checks_offline(c: httpx.Client, fl: Stack, customer: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shared.cli import app as cli
+
+    cons = ask(c, fl, "flow-proof")
+    base = fl.url("consent")
+    with closing(allow_through_pages(fl, cons["id"], customer=customer)) as browser:
+        page = browser.get(f"{base}/me/consents/{cons['id']}/receipt")
+        assert f'href="/me/consents/{cons["id"]}/receipt/proof"' in page.text and "portability receipt verify" in page.text
+        r = wait_for(lambda: (x := browser.get(f"{base}/me/consents/{cons['id']}/receipt/proof")).status_code == 200 and x, timeout=10)
+        assert "attachment" in r.headers["content-disposition"]
+        doc = r.json()
+        other = ask(c, fl, "flow-proof-2")  # someone else's consent: not this browser's
+        assert browser.get(f"{base}/me/consents/{other['id']}/receipt/proof").status_code in (403, 404)
+    # the parties get the same document from the API
+    assert c.get(f"{base}/consents/{cons['id']}/receipt/proof").json()["log_index"] == doc["log_index"]
+    assert doc["format"] == "portability-receipt-proof/1" and doc["entry"]["consent_id"] == cons["id"]
+    key = c.get(f"{base}/log/public-key").text
+    (tmp_path / "keys.json").write_text(c.get(f"{base}/.well-known/jwks.json").text)
+
+    def verify(document: Any, *extra: str) -> tuple[int, str]:
+        path = tmp_path / "proof.json"
+        path.write_text(document if isinstance(document, str) else json.dumps(document))
+        out = CliRunner().invoke(cli, ["receipt", "verify", str(path), *extra])
+        return out.exit_code, out.output
+
+    code, out = verify(doc, "--public-key", key, "--receipt-keys", str(tmp_path / "keys.json"))
+    assert code == 0 and "verified" in out and "signature verifies" in out, out
+    code, out = verify(doc)  # the key in the file: verifies, and says what that proves
+    assert code == 0 and "compare it with the one the operator publishes" in out, out
+    # what a dishonest broker or a changed file would show
+    forged = json.loads(json.dumps(doc))
+    forged["entry"]["datasets"] = ["enedis.v5.consumption_load_curve"]
+    code, out = verify(forged, "--public-key", key)
+    assert code == 1 and "the leaf hash given is not the hash of the entry" in out, out
+    del forged["leaf_hash"]
+    code, out = verify(forged, "--public-key", key)
+    assert code == 1 and f"entry {doc['log_index']} is not in the signed tree" in out, out
+    other_key = receipts_vkey_of_another_log()
+    code, out = verify(doc, "--public-key", other_key)
+    assert code == 1 and "does not verify with the log's key" in out, out
+    swapped = dict(doc, receipt=c.get(f"{base}/consents/{cons['id']}/receipt").json()["jws"].replace(".", ".x", 1))
+    code, out = verify(swapped, "--public-key", key, "--receipt-keys", str(tmp_path / "keys.json"))
+    assert code in (1, 2), out
+    code, out = verify("not json", "--public-key", key)
+    assert code == 2, out
+    code, out = verify(doc, "--public-key", "nonsense")
+    assert code == 2 and "malformed" in out, out
+
+
+def receipts_vkey_of_another_log() -> str:
+    """The key of another log of the same name (a log the broker's operator could run on the side)."""
+    from shared.tlog import Signer
+
+    return Signer.generate("portability-broker.example/consent-log").vkey

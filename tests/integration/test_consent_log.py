@@ -339,6 +339,14 @@ def test_regulator_api(c: httpx.Client, lstack: Stack) -> None:
         r = c.get(f"{base}/{path}", params=params)
         assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", (path, r.text)
     assert c.get(f"{base}/entries", params={"limit": 1001}).status_code == 422
+    # a filter misspelt or not offered is refused, not ignored; filters combine (AND)
+    for path in ("entries", "export.jsonl", "proof/inclusion"):
+        r = c.get(f"{base}/{path}", params={"index": 0, "consentid": "x"})
+        assert r.status_code == 400 and "consentid" in r.json()["unknown"], (path, r.text)
+    authorised = all_entries(c, s, event="authorised")
+    assert authorised and {e["entry"]["event"] for e in authorised} == {"authorised"}
+    one = authorised[0]["entry"]
+    assert [e["entry"] for e in all_entries(c, s, event="authorised", consent_id=one["consent_id"])] == [one]
     # times whose UTC value falls outside the years 1..9999 bound like the first or last instant
     assert len(c.get(f"{base}/entries", params={"since": "0001-01-01T00:00:00+01:00", "limit": 1000}).json()["entries"]) == min(size, 1000)
     assert c.get(f"{base}/entries", params={"until": "9999-12-31T23:59:59-01:00"}).status_code == 200

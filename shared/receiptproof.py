@@ -20,7 +20,7 @@ publishes (``--public-key``): the checkpoint's Ed25519 signature (C2SP signed-no
 leaf hash of the entry (RFC 9162 section 2.1.1); the inclusion proof up to the signed root (section
 2.1.3.2); then that the entry is the ``authorised`` event of the receipt's consent and says what the
 receipt says (consent id, log index, holder, recipient, datasets, SHA-256 of the purpose text, one-off,
-expiry). With the broker's receipt keys it also checks the receipt's signature
+expiry, and, in entries that carry them, purpose category, legal basis, data window and amended consent). With the broker's receipt keys it also checks the receipt's signature
 (:func:`services.consent.receipts.verify_receipt`). The data subject is in the entry only as a keyed
 pseudonym, which the person cannot recompute: it is not compared.
 """
@@ -158,6 +158,18 @@ def verify_receipt_proof(bundle: Mapping[str, Any], *, log_key: str, receipt_jwk
         ("purpose (SHA-256 of its UTF-8 text)", entry.get("purpose_hash"), hashlib.sha256(str(purpose).encode("utf-8")).hexdigest()),
         ("one-off", entry.get("one_off"), ext.get("one_off")),
     ]
+    # what entries carry since they say the consent's lawfulness (older entries do not: nothing to compare)
+    window = ext.get("data_window") if isinstance(ext.get("data_window"), dict) else {}
+    for what, key, in_receipt in (("purpose category", "purpose_category", ext.get("purpose_category")),
+                                  ("data window start", "data_from", window.get("from")),
+                                  ("data window end", "data_to", window.get("to")),
+                                  ("amended consent", "supersedes", ext.get("supersedes"))):
+        if key in entry or ("purpose_category" in entry and in_receipt is not None):
+            checks.append((what, entry.get(key), in_receipt))
+    if "legal_basis" in entry:
+        from services.consent.receipts import legal_bases
+
+        checks.append(("legal basis", entry["legal_basis"], legal_bases(ext.get("legal_basis"))))
     for what, in_log, in_receipt in checks:
         if in_log != in_receipt:
             raise ProofMismatch(f"the log's entry {index} and the receipt differ on the {what}: {in_log!r} != {in_receipt!r}")
@@ -165,5 +177,5 @@ def verify_receipt_proof(bundle: Mapping[str, Any], *, log_key: str, receipt_jwk
         raise ProofMismatch(f"the log's entry {index} and the receipt differ on the expiry: {entry.get('expires_at')!r} != "
                             f"{ext.get('expires_at')!r}")
     done.append(f"entry {index} is the authorisation of consent {ext.get('consent_id')} and says what the receipt says "
-                "(parties, datasets, purpose, one-off, expiry)")
+                f"({', '.join(what for what, _, _ in checks[3:])}, expiry)")
     return done

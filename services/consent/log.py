@@ -10,6 +10,9 @@ Entries (the leaf inputs, RFC 9162 section 2.1.1) are RFC 8785 canonical JSON ob
      "holder_id": "...", "recipient_id": "...", "datasets": ["..."], "purpose_hash": "<64 hex>",
      "one_off": true, "expires_at": "<RFC 3339>", "status": "authorised", "time": "<RFC 3339>",
      "frequency": "P1D"              (recurring consents with a frequency only: ISO 8601 duration)
+     "purpose_category": "dpv:ServiceProvision", "legal_basis": ["dpv:ExpressedConsent", "eu-gdpr:A6-1-a"]
+                                     (or "legal_basis_hash": "<64 hex>" for a basis written as free text)
+     "data_from": "2025-01-01", "data_to": "2025-12-31", "supersedes": "<consent id>"   (each when set)
      "by": "data_subject"            (revoked only: who revoked)
      "transfer_id": "..."            (consumed only: the transfer that consumed it)}
 
@@ -50,6 +53,7 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -321,12 +325,38 @@ async def append_consent_event(s: AsyncSession, consent: dict[str, Any], event: 
     }
     if consent.get("frequency"):
         entry["frequency"] = consent["frequency"]
+    entry |= _lawfulness(consent)
     if by is not None:
         entry["by"] = by
     if transfer_id is not None:
         entry["transfer_id"] = transfer_id
     return await _write(s, index, entry, time=time, consent_id=consent["id"], holder_id=consent["holder_id"],
                         recipient_id=consent["recipient_id"], dedupe_key=None)
+
+
+_TERM = re.compile(r"^([a-z][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9._/#-]*|https://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+)$")
+
+
+def _lawfulness(consent: dict[str, Any]) -> dict[str, Any]:
+    """What a regulator checks the consent's lawfulness by, without free text: ``purpose_category`` (a DPV term,
+    validated on the way in), ``legal_basis`` (DPV / eu-gdpr terms, :func:`services.consent.receipts.legal_bases`;
+    a basis written as other text enters only as ``legal_basis_hash``, the SHA-256 of it), the data window
+    (``data_from``/``data_to``, days) and ``supersedes`` (the consent it amends), each when set."""
+    from .receipts import legal_bases
+
+    out: dict[str, Any] = {}
+    if consent.get("purpose_category"):
+        out["purpose_category"] = str(consent["purpose_category"])
+    if consent.get("legal_basis"):
+        terms = legal_bases(str(consent["legal_basis"]))
+        if all(_TERM.match(t) for t in terms):
+            out["legal_basis"] = terms
+        else:
+            out["legal_basis_hash"] = hashlib.sha256(str(consent["legal_basis"]).encode("utf-8")).hexdigest()
+    for key in ("data_from", "data_to", "supersedes"):
+        if consent.get(key):
+            out[key] = str(consent[key])
+    return out
 
 
 def _when(value: Any) -> datetime | None:

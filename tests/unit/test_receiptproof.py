@@ -21,14 +21,18 @@ PURPOSE = "Show my electricity use in my personal cloud"
 def _entry(i: int, **over: Any) -> dict[str, Any]:
     return {"v": 1, "event": "authorised", "consent_id": f"c{i}", "subject": "ab" * 32, "holder_id": "h", "recipient_id": "r",
             "datasets": ["enedis.v5.daily_consumption"], "purpose_hash": hashlib.sha256(PURPOSE.encode()).hexdigest(),
-            "one_off": True, "expires_at": "2027-02-27T10:00:00Z", "status": "authorised", "time": "2026-11-29T10:00:00.123456Z", **over}
+            "one_off": True, "expires_at": "2027-02-27T10:00:00Z", "status": "authorised", "time": "2026-11-29T10:00:00.123456Z",
+            "purpose_category": "dpv:ServiceProvision", "legal_basis": ["dpv:ExpressedConsent", "eu-gdpr:A6-1-a"],
+            "data_from": "2025-01-01", **over}
 
 
 def _receipt(index: int, **ext: Any) -> str:
     payload = {"services": [{"purposes": [{"purpose": ext.pop("purpose", PURPOSE)}]}],
                "x-portability": {"consent_id": f"c{index}", "log_index": index, "holder_id": "h", "recipient_id": "r",
                                  "datasets": ["enedis.v5.daily_consumption"], "one_off": True,
-                                 "expires_at": "2027-02-27T10:00:00+00:00", **ext}}
+                                 "expires_at": "2027-02-27T10:00:00+00:00", "purpose_category": "dpv:ServiceProvision",
+                                 "legal_basis": "dpv:Consent", "data_window": {"from": "2025-01-01", "to": None}, "supersedes": None,
+                                 **ext}}
     part = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     return f"eyJhbGciOiJFZERTQSJ9.{part}.c2ln"
 
@@ -48,13 +52,23 @@ def _proof(index: int = 3, size: int = 7, entry: dict[str, Any] | None = None, *
 def test_a_good_proof_verifies() -> None:
     doc, key = _proof()
     done = verify_receipt_proof(doc, log_key=key)
-    assert len(done) == 3 and "entry 3 is in the signed tree" in done[1]
+    assert len(done) == 3 and "entry 3 is in the signed tree" in done[1] and "legal basis" in done[2]
+
+
+def test_an_entry_from_before_the_lawfulness_members_compares_what_it_has() -> None:
+    old = {k: v for k, v in _entry(3).items() if k not in ("purpose_category", "legal_basis", "data_from")}
+    doc, key = _proof(entry=old)
+    assert "legal basis" not in verify_receipt_proof(doc, log_key=key)[2]
 
 
 @pytest.mark.parametrize(("field", "value", "what"), [
     ("recipient_id", "someone-else", "recipient"), ("holder_id", "x", "holder"), ("datasets", ["other"], "datasets"),
     ("one_off", False, "one-off"), ("log_index", 4, "log index"), ("consent_id", "c9", "consent id"),
     ("expires_at", "2028-01-01T00:00:00Z", "expiry"), ("purpose", "Something else", "purpose"),
+    ("data_window", {"from": "2024-01-01", "to": None}, "data window start"),
+    ("data_window", {"from": "2025-01-01", "to": "2025-06-30"}, "data window end"),
+    ("legal_basis", "GDPR Art. 6(1)(b)", "legal basis"), ("purpose_category", "dpv:Marketing", "purpose category"),
+    ("supersedes", "c0", "amended consent"),
 ])
 def test_a_receipt_that_says_something_else_than_the_log_is_a_mismatch(field: str, value: Any, what: str) -> None:
     doc, key = _proof(**{field: value})

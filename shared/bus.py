@@ -161,10 +161,16 @@ class Bus:
 
     # ---- JetStream set-up -------------------------------------------------------------
 
-    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS, *, replicas: int = 1) -> None:
-        """Create each stream if missing (file storage, dedupe window, ``replicas`` copies); idempotent across services."""
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS, *, replicas: int = 1, max_age_s: float = 0.0) -> None:
+        """Create each stream if missing (file storage, dedupe window, ``replicas`` copies); idempotent across services.
+
+        The event streams (every one but the work queue of transfer jobs, whose messages go when done) keep a
+        message ``max_age_s`` seconds (0: for ever; setting ``EVENT_RETENTION_DAYS``): events name people, and
+        a consumer down longer than that has lost them anyway. A stream that exists with another ``max_age``
+        is updated to this one (the setting changed)."""
         self.replicas = replicas
         for spec in specs:
+            age = 0.0 if spec.work_queue else max(0.0, float(max_age_s))
             config = StreamConfig(
                 name=spec.name,
                 subjects=list(spec.subjects),
@@ -172,17 +178,23 @@ class Bus:
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,
                 num_replicas=replicas,
+                max_age=age,
             )
             try:
-                await self.js.stream_info(spec.name)
-                continue
+                info = await self.js.stream_info(spec.name)
             except nats.js.errors.NotFoundError:
-                pass
-            try:
-                await self.js.add_stream(config=config)
-            except nats.js.errors.BadRequestError:
-                # another service created it between our two calls
-                await self.js.stream_info(spec.name)
+                info = None
+            if info is None:
+                try:
+                    await self.js.add_stream(config=config)
+                    continue
+                except nats.js.errors.BadRequestError:
+                    # another service created it between our two calls
+                    info = await self.js.stream_info(spec.name)
+            if abs(float(info.config.max_age or 0) - age) > 0.001:
+                log.info("stream %s: keeping messages %s instead of %s", spec.name, f"{age:.0f} s" if age else "for ever",
+                         f"{info.config.max_age:.0f} s" if info.config.max_age else "for ever")
+                await self.js.update_stream(config=info.config.evolve(max_age=age))
 
     # ---- request / reply --------------------------------------------------------------
 

@@ -247,7 +247,10 @@ class Stack:
 
             nc = await nats.connect(self.nats_url or "", connect_timeout=5, allow_reconnect=False, tls=self.admin_tls_context())
             try:
-                await Bus(nc, "launcher").ensure_streams()
+                from .settings import Settings
+
+                retention = float(self.extra_env.get("EVENT_RETENTION_DAYS") or Settings().event_retention_days)
+                await Bus(nc, "launcher").ensure_streams(max_age_s=retention * 86400)
             finally:
                 await nc.close()
 

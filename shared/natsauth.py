@@ -106,7 +106,9 @@ class ServiceAccess:
         # ensure_streams (shared/bus.py) looks at every broker stream, and creates only its own and the
         # shared dead-letter stream
         pub += [f"{JS_API}.STREAM.INFO.{spec.name}" for spec in s.ALL_STREAMS]
-        pub += [f"{JS_API}.STREAM.CREATE.{spec.name}" for spec in (*self.owns_streams, s.STREAM_DEAD_LETTER)]
+        # ... or updates them when the retention setting changed
+        pub += [f"{JS_API}.STREAM.{verb}.{spec.name}" for spec in (*self.owns_streams, s.STREAM_DEAD_LETTER)
+                for verb in ("CREATE", "UPDATE")]
         for c in self.consumers:
             pub += [
                 # create or update (shared/consumer.py ensure_consumer): nats-py uses one of these forms

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -57,8 +58,14 @@ async def add_event(
 class OutboxRelay:
     """Publishes unpublished outbox rows in order; woken by :meth:`notify` or every ``poll_s``."""
 
-    def __init__(self, db: Database, table: Table, bus: Bus, *, poll_s: float = 0.5) -> None:
+    PRUNE_EVERY_S = 600.0
+
+    def __init__(self, db: Database, table: Table, bus: Bus, *, poll_s: float = 0.5, keep_published_s: float = 0.0) -> None:
+        """``keep_published_s``: how long a published row stays in the table (0: for ever); older ones are
+        deleted every ten minutes (:meth:`prune`): events name people, and nothing reads them once published."""
         self.db, self.table, self.bus, self.poll_s = db, table, bus, poll_s
+        self.keep_published_s = keep_published_s
+        self._pruned_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -77,10 +84,23 @@ class OutboxRelay:
                 pass
         await self.flush()
 
+    async def prune(self, *, now: datetime | None = None) -> int:
+        """Delete the rows published more than ``keep_published_s`` ago; returns how many (0 when kept for ever)."""
+        if self.keep_published_s <= 0:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.keep_published_s)
+        async with self.db.unit_of_work() as session:
+            result = await session.execute(self.table.delete().where(self.table.c.published_at.is_not(None))
+                                           .where(self.table.c.published_at < cutoff))
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def _run(self) -> None:
         while True:
             try:
                 await self.flush()
+                if time.monotonic() - self._pruned_at >= self.PRUNE_EVERY_S:
+                    self._pruned_at = time.monotonic()
+                    await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:

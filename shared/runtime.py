@@ -68,8 +68,9 @@ class Runtime:
         self.bus = await Bus.connect(self.settings.nats_url, self.name, settings=self.settings)
         # each service creates the streams it owns (with NATS permissions on it may create no others)
         owned = natsauth.owned_streams(self.name) if self.name in natsauth.ACCESS else ALL_STREAMS
-        await self.bus.ensure_streams(owned, replicas=self.settings.nats_stream_replicas)
-        self.relay = OutboxRelay(self.db, self.outbox, self.bus)
+        retention_s = self.settings.event_retention_days * 86400
+        await self.bus.ensure_streams(owned, replicas=self.settings.nats_stream_replicas, max_age_s=retention_s)
+        self.relay = OutboxRelay(self.db, self.outbox, self.bus, keep_published_s=retention_s)
         self.relay.start()
 
     async def stop(self) -> None:

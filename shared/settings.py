@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # replicas of the JetStream streams and key-value buckets the services create (3 on a 3-node cluster)
     nats_stream_replicas: int = 1
+    # how long the event streams (registry, consent, transfer events, dead letters) keep a message, and the
+    # outbox tables an event already published, in days; 0 keeps them for ever (shared/bus.py ensure_streams)
+    event_retention_days: float = Field(default=30.0, ge=0, le=3650)
     # ---- NATS credentials and TLS (shared/natsauth.py; each service has its own user and subjects) ----
     # this process's NATS user and password: set by the launcher for its embedded server, from the
     # Secret "nats-passwords" in Kubernetes; none for a server without authentication (a local dev one)

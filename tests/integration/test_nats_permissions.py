@@ -168,6 +168,29 @@ async def test_the_server_refuses_a_service_publishing_outside_its_subjects(nats
         await watcher.close()
 
 
+async def test_event_streams_keep_events_for_the_retention_and_follow_a_change(nats_stack: Stack,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Events name people: the event streams keep them EVENT_RETENTION_DAYS (default 30), the work queue
+    of transfer jobs keeps its jobs until done; a service started with another retention updates its streams."""
+    nc = await admin(nats_stack)
+    js = nc.jetstream()
+    default_s = Settings().event_retention_days * 86400
+    bus = await connect_as(nats_stack, "consent")
+    try:
+        for spec in subjects.ALL_STREAMS:
+            age = (await js.stream_info(spec.name)).config.max_age or 0
+            assert age == (0 if spec.work_queue else default_s), (spec.name, age)
+        await bus.ensure_streams(natsauth.owned_streams("consent"), max_age_s=86400)
+        for spec in natsauth.owned_streams("consent"):
+            assert (await js.stream_info(spec.name)).config.max_age == 86400
+        assert (await js.stream_info(subjects.STREAM_TRANSFER_EVENTS.name)).config.max_age == default_s  # not the consent's
+        assert not violations(caplog)
+    finally:
+        await bus.ensure_streams(natsauth.owned_streams("consent"), max_age_s=default_s)  # as the other tests expect
+        await bus.close()
+        await nc.close()
+
+
 async def test_requests_and_replies_work_between_the_services(nats_stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="shared.bus")
     registry = await connect_as(nats_stack, "registry")

@@ -179,3 +179,37 @@ def test_the_consent_check_cache_keeps_authorised_rows_briefly_and_never_across_
     off = service.ValidConsents(ttl_s=0)  # CONSENT_CHECK_CACHE_S=0: always the database
     off.put("c", "r", {}, epoch=off.epoch)
     assert off.get("c") is None
+
+
+async def test_the_outbox_relay_prunes_published_events_past_the_retention(tmp_path: Path) -> None:
+    """Published events older than the retention go (they name people; nothing reads them once published);
+    unpublished ones and recent ones stay; a retention of 0 keeps everything."""
+    import os
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import MetaData, select, text
+
+    from shared.db import Database
+    from shared.outbox import OutboxRelay, outbox_table
+
+    md = MetaData()
+    table = outbox_table(md)
+    settings = Settings(database_url=os.environ.get("DATABASE_URL") or None, data_dir=tmp_path, db_schema_prefix=f"x{uuid.uuid4().hex[:8]}_")
+    db = Database(settings.database_url_for("consent"), md, settings.schema_for("consent"))
+    await db.create_all()
+    try:
+        now = datetime.now(UTC)
+        async with db.unit_of_work() as s:
+            for n, published in enumerate([now - timedelta(days=40), now - timedelta(days=10), None, now - timedelta(days=31)]):
+                await s.execute(table.insert().values(id=f"e{n}", subject="consent.events.x", envelope="{}", headers={},
+                                                      created_at=now - timedelta(days=41), published_at=published))
+        assert await OutboxRelay(db, table, None, keep_published_s=0).prune() == 0  # type: ignore[arg-type]
+        assert await OutboxRelay(db, table, None, keep_published_s=30 * 86400).prune() == 2  # type: ignore[arg-type]
+        async with db.sessions() as s:
+            assert sorted((await s.execute(select(table.c.id))).scalars()) == ["e1", "e2"]
+    finally:
+        if db.schema:
+            async with db.engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE'))
+        await db.dispose()

@@ -517,13 +517,11 @@ async def dashboard_receipt_proof(consent_id: str, request: Request) -> Response
 
     from .app import receipt_proof_document
 
-    rt = _rt(request)
-    session = await _session(request)
     t = _translator(_lang(request))
+    c = await _own_consent(request, await _session(request), consent_id)
+    if isinstance(c, Response):
+        return c
     try:
-        c = await service.get_consent(rt, consent_id=consent_id)
-        if not _owns(session, c):
-            return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
         doc = await receipt_proof_document(request, consent_id)
     except NotFound:
         return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))
@@ -541,12 +539,11 @@ async def dashboard_receipt(consent_id: str, request: Request) -> Response:
     from fastapi.responses import JSONResponse
 
     rt = _rt(request)
-    session = await _session(request)
     t = _translator(_lang(request))
+    c = await _own_consent(request, await _session(request), consent_id)
+    if isinstance(c, Response):
+        return c
     try:
-        c = await service.get_consent(rt, consent_id=consent_id)
-        if not _owns(session, c):
-            return _message(request, 403, "error_title", t("not_yours"), link="/me", link_text=t("dashboard"))
         rec = await service.get_receipt(rt, consent_id=consent_id)
     except NotFound:
         return _message(request, 404, "error_title", t("not_found"), link="/me", link_text=t("dashboard"))

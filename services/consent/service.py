@@ -564,10 +564,31 @@ async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any
     Raises NotFound (404) when the broker knows nothing of ``data_subject`` (no consent, no secret: never
     seen, or already erased). What the parties already hold (the recipient's data, the holder's records,
     the events they received) is theirs to erase."""
+    ended = 0
+    for _ in range(5):  # a consent authorised or asked for meanwhile is ended on the next turn
+        ended += await _end_live_consents(rt, data_subject=data_subject)
+        if rt.relay is not None:
+            await rt.relay.flush()  # the events just written go out before they are deleted below
+        try:
+            done = await _erase_ended(rt, data_subject=data_subject)
+        except _StillLive:
+            continue
+        forget_valid_consents(rt)
+        return done | {"consents_ended": ended}
+    raise Conflict(f"the consents of data subject {data_subject!r} kept changing during the erasure: ask again")
+
+
+LIVE = ("requested", "authorised")
+
+
+class _StillLive(Exception):
+    """A consent of the subject became live between its ending and the erasure (rolls the erasure back)."""
+
+
+async def _end_live_consents(rt: Runtime, *, data_subject: str) -> int:
     t = models.consents
     async with rt.db.sessions() as s:
-        live = (await s.execute(select(t.c.id, t.c.status).where(t.c.data_subject == data_subject)
-                                .where(t.c.status.in_(("requested", "authorised"))))).all()
+        live = (await s.execute(select(t.c.id, t.c.status).where(t.c.data_subject == data_subject).where(t.c.status.in_(LIVE)))).all()
     ended = 0
     for row in live:
         try:
@@ -577,12 +598,20 @@ async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any
                 await _transition(rt, consent_id=row.id, target="rejected", reason=ERASED_REASON, expect="requested")
             ended += 1
         except Conflict:
-            pass  # ended meanwhile
-    if rt.relay is not None:
-        await rt.relay.flush()  # the events just written go out before they are deleted below
+            pass  # changed meanwhile: the erasure sees it live and comes back, or it ended
+    return ended
+
+
+async def _erase_ended(rt: Runtime, *, data_subject: str) -> dict[str, Any]:
+    """Step 2 of :func:`erase_data_subject`, in one transaction; raises _StillLive (rolled back) if a consent of
+    the subject is live again, NotFound if nothing is known of them."""
+    t = models.consents
     marker = f"erased:{uuid.uuid4().hex}"
     async with rt.db.unit_of_work() as s:
-        rows = (await s.execute(select(t.c.id, t.c.holder_id, t.c.holder_subject).where(t.c.data_subject == data_subject))).all()
+        rows = (await s.execute(select(t.c.id, t.c.status, t.c.holder_id, t.c.holder_subject)
+                                .where(t.c.data_subject == data_subject).with_for_update())).all()
+        if any(r.status in LIVE for r in rows):
+            raise _StillLive()
         secret_erased = await log.erase_subject_secret_in(s, data_subject)
         if not rows and not secret_erased:
             raise NotFound(f"nothing is known of data subject {data_subject!r} (never seen, or already erased)")
@@ -599,8 +628,7 @@ async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any
             for sid, ids_json in (await s.execute(select(w.c.id_hash, w.c.identities))).all():
                 if any(tuple(i) in identities for i in ids_json or []):
                     await s.execute(w.delete().where(w.c.id_hash == sid))
-    forget_valid_consents(rt)
-    return {"data_subject": marker, "consents_ended": ended, "consents_erased": len(ids), "secret_erased": secret_erased}
+    return {"data_subject": marker, "consents_erased": len(ids), "secret_erased": secret_erased}
 
 
 # ---- token revocation at the holder (RFC 7009), receipts, what the dashboard shows --------------------

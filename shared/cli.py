@@ -331,7 +331,11 @@ def receipt_verify(
     Exit 0 verified, 1 mismatch, 2 unreadable file, malformed key or network error."""
     from .receiptproof import BadProof, ProofMismatch, verify_receipt_proof
 
+    from .receiptproof import MAX_PROOF_BYTES
+
     try:
+        if proof_file.stat().st_size > MAX_PROOF_BYTES:
+            raise BadProof(f"{proof_file} is larger than a receipt proof can be ({MAX_PROOF_BYTES} bytes)")
         bundle = json.loads(proof_file.read_text("utf-8"))
         if not isinstance(bundle, dict):
             raise BadProof("not a JSON object")
@@ -340,8 +344,13 @@ def receipt_verify(
             raise BadProof("no log public key: give --public-key")
         jwks = None
         if receipt_keys:
-            raw = (httpx.get(receipt_keys, timeout=10).raise_for_status().text if receipt_keys.startswith(("http://", "https://"))
-                   else Path(receipt_keys).read_text("utf-8"))
+            if receipt_keys.startswith(("http://", "https://")):
+                r = httpx.get(receipt_keys, timeout=10).raise_for_status()
+                if len(r.content) > MAX_PROOF_BYTES:
+                    raise BadProof(f"{receipt_keys} answered more than {MAX_PROOF_BYTES} bytes")
+                raw = r.text
+            else:
+                raw = Path(receipt_keys).read_text("utf-8")
             jwks = json.loads(raw)
             if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
                 raise BadProof("--receipt-keys is not a JWK Set")
@@ -349,8 +358,11 @@ def receipt_verify(
     except ProofMismatch as exc:
         console.print(f"[red]mismatch: {exc}[/red]")
         raise typer.Exit(1) from None
-    except (BadProof, ValueError, RecursionError, OSError, httpx.HTTPError) as exc:
+    except (BadProof, ValueError, RecursionError, OSError, httpx.HTTPError, httpx.InvalidURL) as exc:
         console.print(f"[red]error: {exc}[/red]")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # a failure of the check itself or of its inputs: nothing concluded
+        console.print(f"[red]error: unexpected {type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
     for line in done:
         console.print(f"ok: {line}")

@@ -74,6 +74,7 @@ def _sqlite_recipe(engine: AsyncEngine, *, begin: str) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")  # deleted rows (an erased person) are overwritten, not left in free pages
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -20,7 +20,8 @@ publishes (``--public-key``): the checkpoint's Ed25519 signature (C2SP signed-no
 leaf hash of the entry (RFC 9162 section 2.1.1); the inclusion proof up to the signed root (section
 2.1.3.2); then that the entry is the ``authorised`` event of the receipt's consent and says what the
 receipt says (consent id, log index, holder, recipient, datasets, SHA-256 of the purpose text, one-off,
-expiry, and, in entries that carry them, purpose category, legal basis, data window and amended consent). With the broker's receipt keys it also checks the receipt's signature
+expiry, frequency, and, in entries that carry them, purpose category, legal basis, data window and amended
+consent). With the broker's receipt keys it also checks the receipt's signature
 (:func:`services.consent.receipts.verify_receipt`). The data subject is in the entry only as a keyed
 pseudonym, which the person cannot recompute: it is not compared.
 """
@@ -80,6 +81,27 @@ def receipt_payload(jws: str) -> dict[str, Any]:
     return payload
 
 
+MAX_PROOF_BYTES = 1024 * 1024
+"""The largest receipt proof file read (one is a few kilobytes: the receipt, one entry, about 64 hashes at most)."""
+
+
+def check_receipt_keys(jwks: Any) -> None:
+    """Raise BadProof unless ``jwks`` is a JWK Set of 1 to 20 Ed25519 public keys (RFC 8037), as the broker
+    serves at ``/.well-known/jwks.json``: a malformed key is a usage error, not a receipt that fails to verify."""
+    from joserfc.jwk import OKPKey
+
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list) or not 1 <= len(keys) <= 20:
+        raise BadProof("the receipt keys are not a JWK Set of 1 to 20 keys")
+    for n, k in enumerate(keys):
+        if not isinstance(k, dict) or k.get("kty") != "OKP" or k.get("crv") != "Ed25519":
+            raise BadProof(f"receipt key {n} is not an Ed25519 key (kty OKP, crv Ed25519)")
+        try:
+            OKPKey.import_key({m: k[m] for m in ("kty", "crv", "x") if m in k})
+        except Exception:  # joserfc raises several types for a malformed key
+            raise BadProof(f"receipt key {n} is malformed") from None
+
+
 def _same_time(a: Any, b: Any) -> bool:
     try:
         return datetime.fromisoformat(str(a).replace("Z", "+00:00")) == datetime.fromisoformat(str(b).replace("Z", "+00:00"))
@@ -133,6 +155,8 @@ def verify_receipt_proof(bundle: Mapping[str, Any], *, log_key: str, receipt_jwk
     if receipt_jwks is not None:
         from services.consent.receipts import ReceiptInvalid, verify_receipt
 
+        check_receipt_keys(receipt_jwks)
+
         try:
             payload = verify_receipt(jws, receipt_jwks)
         except ReceiptInvalid as exc:
@@ -166,10 +190,14 @@ def verify_receipt_proof(bundle: Mapping[str, Any], *, log_key: str, receipt_jwk
                                   ("amended consent", "supersedes", ext.get("supersedes"))):
         if key in entry or ("purpose_category" in entry and in_receipt is not None):
             checks.append((what, entry.get(key), in_receipt))
+    checks.append(("frequency", entry.get("frequency"), ext.get("frequency")))
     if "legal_basis" in entry:
         from services.consent.receipts import legal_bases
 
-        checks.append(("legal basis", entry["legal_basis"], legal_bases(ext.get("legal_basis"))))
+        basis = ext.get("legal_basis")
+        if basis is not None and not isinstance(basis, str):
+            raise BadProof("the receipt's legal_basis is not a string")
+        checks.append(("legal basis", entry["legal_basis"], legal_bases(basis)))
     for what, in_log, in_receipt in checks:
         if in_log != in_receipt:
             raise ProofMismatch(f"the log's entry {index} and the receipt differ on the {what}: {in_log!r} != {in_receipt!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_RECIPIENT_TOKEN = "dev-broker-recipient-token"
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     nats_stream_replicas: int = 1
     # how long the event streams (registry, consent, transfer events, dead letters) keep a message, and the
     # outbox tables an event already published, in days; 0 keeps them for ever (shared/bus.py ensure_streams)
-    event_retention_days: float = Field(default=30.0, ge=0, le=3650)
+    event_retention_days: float = Field(default=30.0, ge=0, le=3650, allow_inf_nan=False)
     # ---- NATS credentials and TLS (shared/natsauth.py; each service has its own user and subjects) ----
     # this process's NATS user and password: set by the launcher for its embedded server, from the
     # Secret "nats-passwords" in Kubernetes; none for a server without authentication (a local dev one)
@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     # broker's own, by recipient id, as JSON: {"<recipient id>": {"bearer": "<token>"}} (a Cozy's OAuth token,
     # a Solid pod's bearer token); a recipient without an entry gets no Authorization header (an open pod)
     recipient_credentials: dict[str, dict[str, str]] = {}
+
+    @field_validator("event_retention_days")
+    @classmethod
+    def _a_day_or_more(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("EVENT_RETENTION_DAYS is 0 (keep for ever) or at least 1 day")
+        return value
 
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> Settings:

@@ -161,7 +161,7 @@ async def holder_check(consent_id: str, request: Request, caller: Caller = Depen
 subjects_router = APIRouter(prefix="/subjects", tags=["data subjects"], responses=PROBLEM_RESPONSES)
 
 
-@subjects_router.delete("/{data_subject}", response_model=SubjectErased, dependencies=[Depends(requires(ADMIN))])
+@subjects_router.delete("/{data_subject:path}", response_model=SubjectErased, dependencies=[Depends(requires(ADMIN))])
 async def erase_data_subject(data_subject: str, request: Request) -> Any:
     """Erase a data subject (GDPR Art. 17): their live consents end (logged), then the secret behind their
     pseudonym in the consent log, their name and customer id in their consents, their stored receipts and
@@ -201,10 +201,11 @@ async def log_entries(
     start: int = Query(0, ge=0, le=MAX_LOG_INDEX, description="first index (inclusive)"),
     end: int | None = Query(None, ge=0, le=MAX_LOG_INDEX, description="last index (exclusive)"),
     limit: int = Query(log.MAX_PAGE, ge=1, le=log.MAX_PAGE),
-    consent_id: str | None = Query(None, max_length=64),
-    holder_id: str | None = Query(None, max_length=64),
-    recipient_id: str | None = Query(None, max_length=64),
-    event: str | None = Query(None, max_length=32, description="requested, authorised, ..., transfer_completed, ..."),
+    consent_id: str | None = Query(None, min_length=1, max_length=64),
+    holder_id: str | None = Query(None, min_length=1, max_length=64),
+    recipient_id: str | None = Query(None, min_length=1, max_length=64),
+    event: str | None = Query(None, description="requested, authorised, ..., transfer_completed, ... (an unknown one is a 422)",
+                              pattern=log.EVENT_PATTERN),
     since: datetime | None = Query(None, description="entries at or after this RFC 3339 time (inclusive)"),
     until: datetime | None = Query(None, description="entries before this RFC 3339 time (exclusive)"),
 ) -> Any:

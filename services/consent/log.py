@@ -105,6 +105,8 @@ log = logging.getLogger("consent.log")
 ENTRY_VERSION = 1
 CONSENT_EVENTS = frozenset({"requested", "authorised", "rejected", "revoked", "expired", "consumed", "superseded"})
 TRANSFER_ENDINGS = ("completed", "partial", "failed", "cancelled")
+# the ``event`` of every entry: a consent event, or ``transfer_<ending>`` (the /log/entries filter)
+EVENT_PATTERN = "^(" + "|".join(sorted(CONSENT_EVENTS) + [f"transfer_{e}" for e in TRANSFER_ENDINGS]) + ")$"
 MAX_PAGE = 1000
 STATE_ID = 1
 

@@ -68,9 +68,15 @@ def _select_consents() -> Any:
     return select(models.consents, log.latest_index_for_consent().label("log_index"))
 
 
+PERSONAL = ("data_subject", "holder_subject", "purpose")
+
+
 def _event_data(consent: dict[str, Any]) -> dict[str, Any]:
-    """What a consent event says: the consent without anything secret."""
-    return {"consent": consent}
+    """What a consent event says: the consent without anything secret and without what names or may describe
+    the person (``data_subject``, ``holder_subject``, the purpose text): events stay in the outbox and the
+    ``CONSENT_EVENTS`` stream for days (``EVENT_RETENTION_DAYS``), where an erasure cannot reach them; the
+    consent id leads whoever may know more to ``GET /consents/{id}``."""
+    return {"consent": {k: v for k, v in consent.items() if k not in PERSONAL}}
 
 
 async def _check_participant(rt: Runtime, participant_id: str, role: str) -> dict[str, Any]:
@@ -558,7 +564,8 @@ async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any
        the log and the parties need (ids, parties, datasets, purpose, dates, status) but their ``data_subject``
        becomes one ``erased:<random>`` marker and their ``holder_subject`` (the customer id at the holder) is
        cleared; the stored signed receipts (which name the person) are deleted; the dashboard sessions signed
-       in as them end; the events of those consents already published from the outbox are deleted.
+       in as them end; the events of those consents already published from the outbox are deleted (events
+       never name the person: :func:`_event_data`).
 
     Returns ``{"data_subject": marker, "consents_ended": n, "consents_erased": m, "secret_erased": bool}``.
     Raises NotFound (404) when the broker knows nothing of ``data_subject`` (no consent, no secret: never
@@ -567,8 +574,6 @@ async def erase_data_subject(rt: Runtime, *, data_subject: str) -> dict[str, Any
     ended = 0
     for _ in range(5):  # a consent authorised or asked for meanwhile is ended on the next turn
         ended += await _end_live_consents(rt, data_subject=data_subject)
-        if rt.relay is not None:
-            await rt.relay.flush()  # the events just written go out before they are deleted below
         try:
             done = await _erase_ended(rt, data_subject=data_subject)
         except _StillLive:

@@ -343,6 +343,8 @@ def test_regulator_api(c: httpx.Client, lstack: Stack) -> None:
     for path in ("entries", "export.jsonl", "proof/inclusion"):
         r = c.get(f"{base}/{path}", params={"index": 0, "consentid": "x"})
         assert r.status_code == 400 and "consentid" in r.json()["unknown"], (path, r.text)
+    for bad in ({"event": "AUTHORISED"}, {"event": "authorized"}, {"event": ""}, {"consent_id": ""}):
+        assert c.get(f"{base}/entries", params=bad).status_code == 422, bad
     authorised = all_entries(c, s, event="authorised")
     assert authorised and {e["entry"]["event"] for e in authorised} == {"authorised"}
     one = authorised[0]["entry"]
@@ -391,12 +393,38 @@ def test_erasing_a_data_subject_keeps_the_log_verifiable_but_unlinkable(c: httpx
     ended = [e for e in after[len(before):] if e["entry"].get("consent_id") in (given["id"], asked["id"])]
     assert sorted(e["entry"]["event"] for e in ended) == ["rejected", "revoked"]
     assert {e["entry"]["subject"] for e in ended} == {pseudonym}
+    # events never named the person: nothing in the outbox (published or not) does
+    async def outbox_texts(session: Any) -> list[str]:
+        return list((await session.execute(select(models.outbox.c.envelope))).scalars())
+    texts = ConsentDb(s).run(outbox_texts)
+    assert texts and not [t for t in texts if "frank@example.org" in t]
+    # any subject id can be erased, a "/" in it too
+    slashed = new_consent(c, s, "frank/2")
+    assert c.delete(f"{base}/subjects/frank%2F2").status_code == 200
+    assert c.get(f"{base}/consents/{slashed['id']}").json()["status"] == "rejected"
     # the same person later gets a new, unlinkable pseudonym
     again = new_consent(c, s, "frank@example.org")
     settled(c, s)
     assert all_entries(c, s)[again["log_index"]]["entry"]["subject"] != pseudonym
     code, out = audit(s, tmp_path / "fresh.json")
     assert code == 0, out
+
+
+def test_an_erasure_racing_authorisations_leaves_no_live_consent(c: httpx.Client, lstack: Stack, customer: str) -> None:
+    s, base = lstack, lstack.url("consent")
+    ids = [new_consent(c, s, "race-carol")["id"] for _ in range(16)]
+    tokens = {cid: c.post(f"{s.url('holder')}/dev/tokens", json={"customer_id": customer, "datasets": [DAILY]}).json() for cid in ids}
+    with ThreadPoolExecutor(2) as pool:
+        authorising = pool.submit(lambda: [c.post(f"{base}/consents/{cid}/authorise", json=tokens[cid]).status_code
+                                           for cid in reversed(ids)])
+        time.sleep(0.05)
+        erased = pool.submit(lambda: c.delete(f"{base}/subjects/race-carol"))
+        codes, r = authorising.result(), erased.result()
+    assert set(codes) <= {200, 409} and r.status_code == 200, (codes, r.text)
+    after = [c.get(f"{base}/consents/{cid}").json() for cid in ids]
+    assert not [x for x in after if x["status"] in ("requested", "authorised")], [(x["id"], x["status"]) for x in after]
+    assert {x["data_subject"] for x in after} == {r.json()["data_subject"]}
+    assert r.json()["consents_ended"] == 16
 
 
 # ---- the verifier, and tampering -----------------------------------------------------------------------

@@ -119,3 +119,18 @@ def test_an_entry_that_is_not_i_json_is_a_mismatch() -> None:
     del doc["leaf_hash"]
     with pytest.raises(ProofMismatch, match="I-JSON"):
         verify_receipt_proof(doc, log_key=key)
+
+
+def test_frequency_is_compared_and_malformed_receipt_members_or_keys_are_bad_proof() -> None:
+    doc, key = _proof(frequency="P1D")
+    with pytest.raises(ProofMismatch, match="frequency"):
+        verify_receipt_proof(doc, log_key=key)
+    for basis in (5, [1], {}, True):
+        doc, key = _proof(legal_basis=basis)
+        with pytest.raises(BadProof, match="legal_basis"):
+            verify_receipt_proof(doc, log_key=key)
+    doc, key = _proof()
+    for keys in ({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": 5}]}, {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]},
+                 {"keys": [{"kty": "OKP", "crv": "Ed25519"}]}, {"keys": [{"kty": "EC"}]}, {"keys": []}, {"nope": 1}):
+        with pytest.raises(BadProof, match="receipt key"):
+            verify_receipt_proof(doc, log_key=key, receipt_jwks=keys)

@@ -151,7 +151,9 @@ def test_revocation_in_the_middle_of_a_slow_transfer_stops_holder_requests(c: ht
     assert r.json()["status"] == "revoked"
     t = wait(c, fstack, t["id"], done)
     assert t["status"] == "cancelled" and t["reason"] == "consent_revoked", t
-    late = [x for x in c.get(f"{fstack.url('holder')}/dev/stats").json()["request_times"] if x > revoked_at + 0.05]
+    # a request checked just before the revocation may leave a moment after it on a loaded machine; one more page
+    # would come 0.3 s (the holder's delay) later
+    late = [x for x in c.get(f"{fstack.url('holder')}/dev/stats").json()["request_times"] if x > revoked_at + 0.2]
     assert late == [], f"{len(late)} holder requests after the revocation"
     assert t["records"] < 365
 

@@ -54,6 +54,8 @@ import json
 import logging
 import os
 import re
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -214,17 +216,60 @@ async def _fetch_nodes(s: AsyncSession, keys: Sequence[NodeKey]) -> dict[NodeKey
     return _check_found(keys, {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows})
 
 
+class NodeCache:
+    """The proof nodes read lately, at most ``capacity`` (least recently used go first; 32-byte hashes, about
+    10 MB for the default). A node is the hash of a complete subtree: written once and never changed, so a
+    cached one is what the database holds. Only proofs read it (appends and checkpoints always read the
+    database), and every node an append writes leaves it (:func:`_write`): a log truncated and regrown behind
+    the service (a backup restored) is served as the database holds it once this process wrote the new
+    history. Another replica's cache keeps the old nodes until they leave it: its proofs then fail to verify,
+    which a verifier reports, as it must report that rewrite anyway. One cache per database engine."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self.capacity = capacity
+        self._nodes: OrderedDict[NodeKey, bytes] = OrderedDict()
+
+    def get(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        found: dict[NodeKey, bytes] = {}
+        for k in keys:
+            h = self._nodes.get(k)
+            if h is not None:
+                self._nodes.move_to_end(k)
+                found[k] = h
+        return found
+
+    def discard(self, keys: Sequence[NodeKey]) -> None:
+        for k in keys:
+            self._nodes.pop(k, None)
+
+    def put(self, nodes: dict[NodeKey, bytes]) -> None:
+        self._nodes.update(nodes)
+        for k in nodes:
+            self._nodes.move_to_end(k)
+        while len(self._nodes) > self.capacity:
+            self._nodes.popitem(last=False)
+
+
+_NODE_CACHES: weakref.WeakKeyDictionary[Any, NodeCache] = weakref.WeakKeyDictionary()  # by the writer's sync Engine
+
+
 async def _fetch_proof_nodes(db: Database, keys: Sequence[NodeKey], size: int) -> dict[NodeKey, bytes]:
-    """The nodes ``keys`` of a proof within the first ``size`` leaves, and the current size, in one statement.
-    Raises InvalidInput (400) if ``size`` exceeds the current size, BrokerError if a node is missing."""
+    """The nodes ``keys`` of a proof within the first ``size`` leaves: those the :class:`NodeCache` lacks, with
+    the current size, in one statement. Raises InvalidInput (400) if ``size`` exceeds the current size,
+    BrokerError if a node is missing."""
+    cache = _NODE_CACHES.setdefault(db.engine.sync_engine, NodeCache())
+    found = cache.get(keys)
+    missing = [k for k in keys if k not in found]
     async with db.read_engine.connect() as conn:  # a bare read connection: no ORM session on the hot path
-        rows = (await conn.execute(_nodes_and_size_query(len(keys)), _key_params(keys))).all()
+        rows = (await conn.execute(_nodes_and_size_query(len(missing)), _key_params(missing))).all()
     current = next((int(r[1]) for r in rows if int(r[0]) == -1), None)
     if current is None:
         raise BrokerError("the consent log is not initialised")
     if size > current:
         raise InvalidInput(f"the log has {current} entries, fewer than {size}", tree_size=current)
-    return _check_found(keys, {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if int(r[0]) >= 0})
+    read = {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if int(r[0]) >= 0}
+    cache.put(read)
+    return _check_found(keys, found | read)
 
 
 async def _peaks(s: AsyncSession, size: int) -> list[bytes]:
@@ -287,6 +332,9 @@ async def _write(s: AsyncSession, index: int, entry: dict[str, Any], *, time: da
                                     "dedupe_key": dedupe_key})
     rows = [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes]
     await s.execute(_INSERT_NODE, rows[0] if len(rows) == 1 else rows)
+    cache = _NODE_CACHES.get(s.bind.sync_engine)
+    if cache is not None:  # these keys are written anew: a cached old node of them goes (NodeCache)
+        cache.discard([key for key, _ in nodes])
     return index
 
 

@@ -192,3 +192,26 @@ async def test_checkpoints_and_the_http_api_verify(db: Database) -> None:
         assert exc.value.index == 11
     finally:
         await source.aclose()
+
+
+def test_the_proof_node_cache_keeps_the_latest_nodes_up_to_its_capacity() -> None:
+    cache = log.NodeCache(capacity=3)
+    cache.put({(0, 0): b"a" * 32, (0, 1): b"b" * 32, (1, 0): b"c" * 32})
+    assert cache.get([(0, 0)]) == {(0, 0): b"a" * 32}  # now the most recent
+    cache.put({(2, 0): b"d" * 32})  # evicts the least recently used: (0, 1)
+    assert set(cache.get([(0, 0), (0, 1), (1, 0), (2, 0)])) == {(0, 0), (1, 0), (2, 0)}
+
+
+async def test_proofs_served_partly_from_the_node_cache_still_verify(db: Database) -> None:
+    tree = MemoryTree()
+    for i in range(300):
+        async with db.unit_of_work() as s:
+            await log.append_consent_event(s, consent(i), "requested", time=NOW)
+        async with db.sessions() as s:
+            row = (await s.execute(select(models.log_entries.c.entry).where(models.log_entries.c["index"] == i))).scalar_one()
+        tree.append(row.encode("utf-8"))
+    for _ in range(3):  # the second and third rounds find most nodes in the cache
+        for index in (0, 1, 150, 299):
+            verify_inclusion(tree.leaf_hash_at(index), index, 300, await log.inclusion_proof(db, index, 300), tree.root(300))
+        verify_consistency(100, 300, await log.consistency_proof(db, 100, 300), tree.root(100), tree.root(300))
+    assert len(log._NODE_CACHES[db.engine.sync_engine]._nodes) > 0

@@ -387,22 +387,29 @@ async def append_consent_event(s: AsyncSession, consent: dict[str, Any], event: 
 _TERM = re.compile(r"^([a-z][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9._/#-]*|https://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+)$")
 
 
+@functools.lru_cache(maxsize=256)
+def _legal_basis(value: str) -> tuple[str, tuple[str, ...] | str]:
+    """``("legal_basis", terms)``, or ``("legal_basis_hash", hex)`` for a basis written as free text (a few
+    distinct values in a whole log: cached, hence immutable)."""
+    from .receipts import legal_bases
+
+    terms = tuple(legal_bases(value))
+    if all(_TERM.match(t) for t in terms):
+        return "legal_basis", terms
+    return "legal_basis_hash", hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
 def _lawfulness(consent: dict[str, Any]) -> dict[str, Any]:
     """What a regulator checks the consent's lawfulness by, without free text: ``purpose_category`` (a DPV term,
     validated on the way in), ``legal_basis`` (DPV / eu-gdpr terms, :func:`services.consent.receipts.legal_bases`;
     a basis written as other text enters only as ``legal_basis_hash``, the SHA-256 of it), the data window
     (``data_from``/``data_to``, days) and ``supersedes`` (the consent it amends), each when set."""
-    from .receipts import legal_bases
-
     out: dict[str, Any] = {}
     if consent.get("purpose_category"):
         out["purpose_category"] = str(consent["purpose_category"])
     if consent.get("legal_basis"):
-        terms = legal_bases(str(consent["legal_basis"]))
-        if all(_TERM.match(t) for t in terms):
-            out["legal_basis"] = terms
-        else:
-            out["legal_basis_hash"] = hashlib.sha256(str(consent["legal_basis"]).encode("utf-8")).hexdigest()
+        key, value = _legal_basis(str(consent["legal_basis"]))
+        out[key] = list(value) if isinstance(value, tuple) else value
     for key in ("data_from", "data_to", "supersedes"):
         if consent.get(key):
             out[key] = str(consent[key])

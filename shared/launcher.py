@@ -238,7 +238,17 @@ class Stack:
         return ssl.create_default_context(cafile=str(self.nats_tls.ca_file) if self.nats_tls.ca_file else None)
 
     def create_streams(self) -> None:
-        """Create the broker's JetStream streams as ``admin`` (shared/bus.py ``ensure_streams``)."""
+        """Create the broker's JetStream streams as ``admin`` (shared/bus.py ``ensure_streams``), keeping events
+        as long as the services will (``EVENT_RETENTION_DAYS``, validated as the services validate it)."""
+        from pydantic import ValidationError
+
+        from .settings import Settings
+
+        try:
+            given = self.extra_env.get("EVENT_RETENTION_DAYS")
+            retention = (Settings(event_retention_days=given) if given else Settings()).event_retention_days
+        except ValidationError as exc:
+            raise StartError(f"bad settings: {'; '.join(str(e['msg']) for e in exc.errors())}") from None
 
         async def create() -> None:
             import nats
@@ -247,9 +257,6 @@ class Stack:
 
             nc = await nats.connect(self.nats_url or "", connect_timeout=5, allow_reconnect=False, tls=self.admin_tls_context())
             try:
-                from .settings import Settings
-
-                retention = float(self.extra_env.get("EVENT_RETENTION_DAYS") or Settings().event_retention_days)
                 await Bus(nc, "launcher").ensure_streams(max_age_s=retention * 86400)
             finally:
                 await nc.close()
@@ -257,7 +264,8 @@ class Stack:
         try:
             _run_async(create)
         except Exception as exc:
-            raise StartError(f"could not create the JetStream streams: {exc!r}\n{self.nats.log_tail() if self.nats else ''}") from exc
+            why = getattr(exc, "description", None) or repr(exc)  # a JetStream API error says what in its description
+            raise StartError(f"could not create the JetStream streams: {why}\n{self.nats.log_tail() if self.nats else ''}") from exc
 
     def nats_env(self, user: str | None) -> dict[str, str]:
         """The NATS settings of a process running as ``user`` (None: a process that does not use NATS).

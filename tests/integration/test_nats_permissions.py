@@ -338,3 +338,15 @@ async def test_bus_connect_refuses_half_set_credentials_and_development_password
                                                "nats_password": natsauth.dev_password("transfer")})
     with pytest.raises(ValueError, match="NATS_PASSWORD must be set outside development mode"):
         await Bus.connect("nats://127.0.0.1:1", "transfer", settings=production)
+
+
+def test_a_retention_nats_cannot_keep_is_refused_at_start_with_the_reason(tmp_path: Path) -> None:
+    """Under the 120 s dedupe window NATS refuses the streams: the setting is refused first, saying why."""
+    from shared.launcher import StartError
+
+    stack = Stack(data_dir=tmp_path, extra_env={"EVENT_RETENTION_DAYS": "0.001"})
+    try:
+        with pytest.raises(StartError, match="at least 1 day"):
+            stack.start_nats()
+    finally:
+        stack.stop()

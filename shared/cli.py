@@ -329,9 +329,7 @@ def receipt_verify(
     """Check offline that a consent receipt is in the consent log (shared.receiptproof): the checkpoint's
     signature, the entry's inclusion proof up to its root, and that the entry says what the receipt says.
     Exit 0 verified, 1 mismatch, 2 unreadable file, malformed key or network error."""
-    from .receiptproof import BadProof, ProofMismatch, verify_receipt_proof
-
-    from .receiptproof import MAX_PROOF_BYTES
+    from .receiptproof import MAX_PROOF_BYTES, BadProof, ProofMismatch, verify_receipt_proof
 
     try:
         if proof_file.stat().st_size > MAX_PROOF_BYTES:
@@ -351,9 +349,7 @@ def receipt_verify(
                 raw = r.text
             else:
                 raw = Path(receipt_keys).read_text("utf-8")
-            jwks = json.loads(raw)
-            if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-                raise BadProof("--receipt-keys is not a JWK Set")
+            jwks = json.loads(raw)  # verify_receipt_proof checks it is a JWK Set of Ed25519 keys
         done = verify_receipt_proof(bundle, log_key=key, receipt_jwks=jwks)
     except ProofMismatch as exc:
         console.print(f"[red]mismatch: {exc}[/red]")

@@ -466,12 +466,6 @@ async def erase_subject_secret_in(s: AsyncSession, data_subject: str) -> bool:
     return bool(_rowcount(await s.execute(models.subject_secrets.delete().where(models.subject_secrets.c.data_subject == data_subject))))
 
 
-async def erase_subject_secret(db: Database, data_subject: str) -> bool:
-    """:func:`erase_subject_secret_in` in a transaction of its own."""
-    async with db.unit_of_work() as s:
-        return await erase_subject_secret_in(s, data_subject)
-
-
 def latest_index_for_consent() -> Any:
     """A correlated scalar subquery: the index of the latest consent-event entry of ``consents.id`` (None if none)."""
     t = models.log_entries
